@@ -1,0 +1,65 @@
+"""Offline-first synchronization of SQLAlchemy databases through RabbitMQ.
+
+::
+
+    import dbsync_mq
+
+    @dbsync_mq.track
+    class City(Base): ...
+
+    client = dbsync_mq.SyncClient(engine, broker_url="amqp://guest:guest@localhost:5672/%2F")
+    client.install()
+    client.register(token)          # once, with a token from `dbsync-mq enroll`
+    client.sync()                   # whenever the network is there
+"""
+
+from dbsync_mq.client import SyncClient
+from dbsync_mq.core.merge import Conflict, ConflictCase
+from dbsync_mq.errors import (
+    BrokerUnavailable,
+    CodecError,
+    ConfigurationError,
+    DatabaseUnavailable,
+    MergeError,
+    NotRegistered,
+    ProtocolError,
+    PullRequired,
+    PushRejected,
+    ReplyRejected,
+    RequestRefused,
+    SignatureError,
+    SyncError,
+    SyncTimeout,
+    TrackingError,
+    UniqueConstraintError,
+)
+from dbsync_mq.results import PingResult, PullResult, PushResult, SyncResult
+from dbsync_mq.storage.tracking import track, untracked
+
+__all__ = [
+    "BrokerUnavailable",
+    "CodecError",
+    "ConfigurationError",
+    "Conflict",
+    "ConflictCase",
+    "DatabaseUnavailable",
+    "MergeError",
+    "NotRegistered",
+    "PingResult",
+    "ProtocolError",
+    "PullRequired",
+    "PullResult",
+    "PushRejected",
+    "PushResult",
+    "ReplyRejected",
+    "RequestRefused",
+    "SignatureError",
+    "SyncClient",
+    "SyncError",
+    "SyncResult",
+    "SyncTimeout",
+    "TrackingError",
+    "UniqueConstraintError",
+    "track",
+    "untracked",
+]

@@ -1,0 +1,112 @@
+"""Settings as frozen dataclasses. ``from_env`` is called by entry points only.
+
+Every bad setting is reported at once, in one ``ConfigurationError``; secrets
+(passwords in URLs) are masked in ``repr``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final
+
+from dbsync_mq.errors import ConfigurationError
+from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Topology
+
+DEFAULT_BROKER_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
+"""The local RabbitMQ with its default account."""
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""Largest request the worker reads; larger ones are dead-lettered."""
+
+REQUEST_WINDOW_SECONDS: Final = 7 * 24 * 3600
+"""How far a request's timestamp may be from the server's clock."""
+
+PULL_CHUNK_CHANGES: Final = 5_000
+"""Changes per pull reply message."""
+
+REPAIR_CHUNK_ROWS: Final = 5_000
+"""Rows per repair reply message."""
+
+DEFAULT_PREFETCH: Final = 4
+"""Requests a worker process holds unacknowledged at once."""
+
+REQUEST_TIMEOUT_SECONDS: Final = 30.0
+"""How long a client waits for a reply before ``SyncTimeout``."""
+
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def mask(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits the server handlers enforce."""
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    request_window_seconds: float = REQUEST_WINDOW_SECONDS
+    pull_chunk_changes: int = PULL_CHUNK_CHANGES
+    repair_chunk_rows: int = REPAIR_CHUNK_ROWS
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything ``dbsync-mq worker`` needs."""
+
+    database_url: str
+    models: tuple[str, ...]
+    broker_url: str = DEFAULT_BROKER_URL
+    namespace: str = DEFAULT_NAMESPACE
+    prefetch: int = DEFAULT_PREFETCH
+    metrics_port: int | None = None
+    plugins: tuple[str, ...] = ()
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.database_url:
+            problems.append("a database URL is required (--db or DBSYNC_DATABASE_URL)")
+        if not self.models:
+            problems.append("at least one models module is required (--models or DBSYNC_MODELS)")
+        if self.prefetch < 1:
+            problems.append(f"prefetch must be at least 1, not {self.prefetch}")
+        try:
+            Topology(self.namespace)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ConfigurationError("invalid worker settings:\n  " + "\n  ".join(problems))
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["database_url"] = mask(self.database_url)
+        shown["broker_url"] = mask(self.broker_url)
+        return f"WorkerConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.namespace)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **given: Any) -> WorkerConfig:
+        """Settings from ``DBSYNC_*`` variables, overridden by non-None ``given`` values."""
+        values: dict[str, Any] = {
+            "database_url": environ.get("DBSYNC_DATABASE_URL", ""),
+            "broker_url": environ.get("DBSYNC_BROKER_URL", DEFAULT_BROKER_URL),
+            "namespace": environ.get("DBSYNC_NAMESPACE", DEFAULT_NAMESPACE),
+            "models": split_modules(environ.get("DBSYNC_MODELS", "")),
+        }
+        values.update({key: value for key, value in given.items() if value is not None})
+        return cls(**values)
+
+    def with_server(self, **changes: Any) -> WorkerConfig:
+        return replace(self, server=replace(self.server, **changes))
+
+
+def split_modules(value: str) -> tuple[str, ...]:
+    """``"a.models, b.models"`` -> ``("a.models", "b.models")``."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())

@@ -1,0 +1,138 @@
+"""Wire form of a list of changes: column names once per table, one array per row.
+
+::
+
+    [[table, [column, ...], [[command, key, hlc, clocks, values], ...]], ...]
+
+``clocks`` maps column positions to stamps (or is nil); ``values`` lists the row
+in column order (or is nil for deletes). Composite keys travel as arrays. The
+decoder checks every field's shape and raises ``ProtocolError`` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dbsync_mq.core import codec
+from dbsync_mq.core.model import COMMANDS, Change, Key
+from dbsync_mq.errors import CodecError, ProtocolError
+
+_NAME_LIMIT = 128
+
+
+def encode_changes(changes: Iterable[Change]) -> bytes:
+    """Serialize changes, grouping them by table in first-seen order."""
+    sections: dict[str, tuple[dict[str, int], list[list[Any]]]] = {}
+    for change in changes:
+        columns, rows = sections.setdefault(change.table, ({}, []))
+        rows.append(_row(change, columns))
+    return codec.encode(
+        [[table, list(columns), rows] for table, (columns, rows) in sections.items()]
+    )
+
+
+def _row(change: Change, columns: dict[str, int]) -> list[Any]:
+    values = None
+    if change.values is not None:
+        for name in change.values:
+            columns.setdefault(name, len(columns))
+        values = [None] * len(columns)
+        for name, value in change.values.items():
+            values[columns[name]] = value
+    clocks = None
+    if change.clocks:
+        clocks = {
+            columns.setdefault(name, len(columns)): hlc for name, hlc in change.clocks.items()
+        }
+    key = list(change.key) if isinstance(change.key, tuple) else change.key
+    return [change.command, key, change.hlc, clocks, values]
+
+
+def decode_changes(data: bytes) -> list[Change]:
+    """Parse bytes from ``encode_changes``; raise ``ProtocolError`` on any bad shape."""
+    try:
+        sections = codec.decode(data)
+    except CodecError as exc:
+        raise ProtocolError(f"changes: {exc}") from None
+    if not isinstance(sections, list):
+        raise ProtocolError("changes: expected an array of table sections")
+    changes: list[Change] = []
+    for section in sections:
+        changes.extend(_decode_section(section))
+    return changes
+
+
+def _decode_section(section: Any) -> Iterable[Change]:
+    if not isinstance(section, list) or len(section) != 3:
+        raise ProtocolError("changes: a table section is [table, columns, rows]")
+    table, columns, rows = section
+    if not _is_name(table):
+        raise ProtocolError("changes: table name must be a short string")
+    if not isinstance(columns, list) or not all(_is_name(name) for name in columns):
+        raise ProtocolError(f"changes: columns of {table!r} must be short strings")
+    if len(set(columns)) != len(columns):
+        raise ProtocolError(f"changes: duplicate column names in {table!r}")
+    if not isinstance(rows, list):
+        raise ProtocolError(f"changes: rows of {table!r} must be an array")
+    return (_decode_row(table, columns, row) for row in rows)
+
+
+def _decode_row(table: str, columns: Sequence[str], row: Any) -> Change:
+    if not isinstance(row, list) or len(row) != 5:
+        raise ProtocolError(f"changes: a row of {table!r} is [command, key, hlc, clocks, values]")
+    command, key, hlc, clocks, values = row
+    if command not in COMMANDS:
+        raise ProtocolError(f"changes: unknown command {command!r} in {table!r}")
+    if not isinstance(hlc, int) or isinstance(hlc, bool) or hlc < 0:
+        raise ProtocolError(f"changes: hlc of a row of {table!r} must be a non-negative integer")
+    return Change(
+        table=table,
+        key=_decode_key(table, key),
+        command=command,
+        hlc=hlc,
+        values=_decode_values(table, columns, values),
+        clocks=_decode_clocks(table, columns, clocks),
+    )
+
+
+def _decode_key(table: str, key: Any) -> Key:
+    if isinstance(key, list):
+        if not key or not all(_is_scalar_key(part) for part in key):
+            raise ProtocolError(f"changes: invalid composite key in {table!r}")
+        return tuple(key)
+    if not _is_scalar_key(key):
+        raise ProtocolError(f"changes: invalid key of type {type(key).__name__} in {table!r}")
+    scalar: Key = key
+    return scalar
+
+
+def _is_scalar_key(value: Any) -> bool:
+    return value is not None and not isinstance(value, (list, dict, float))
+
+
+def _decode_values(table: str, columns: Sequence[str], values: Any) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) > len(columns):
+        raise ProtocolError(f"changes: values of a row of {table!r} do not match its columns")
+    # A row may be shorter than the section's columns: columns added after it.
+    return dict(zip(columns[: len(values)], values, strict=True))
+
+
+def _decode_clocks(table: str, columns: Sequence[str], clocks: Any) -> dict[str, int]:
+    if clocks is None:
+        return {}
+    if not isinstance(clocks, dict):
+        raise ProtocolError(f"changes: clocks of a row of {table!r} must be a map")
+    decoded: dict[str, int] = {}
+    for position, hlc in clocks.items():
+        valid_position = isinstance(position, int) and 0 <= position < len(columns)
+        if not valid_position or not isinstance(hlc, int) or isinstance(hlc, bool):
+            raise ProtocolError(f"changes: invalid column clock in a row of {table!r}")
+        decoded[columns[position]] = hlc
+    return decoded
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _NAME_LIMIT

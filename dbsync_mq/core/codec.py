@@ -1,0 +1,176 @@
+"""msgpack with typed extensions: the only serialization on the wire and in logs.
+
+Besides msgpack's own types (None, bool, int, float, str, bytes, list, dict) the
+codec carries, exactly, the values SQLAlchemy columns hold:
+
+==========  ===  ==================================================
+type        ext  payload
+==========  ===  ==================================================
+datetime    1    local microseconds, fold, and the UTC offset if aware
+date        2    proleptic Gregorian ordinal
+time        3    microseconds of the day, fold, and the UTC offset if aware
+timedelta   4    days, seconds, microseconds
+Decimal     5    its exact string form (keeps exponent, sign and NaN)
+UUID        6    the 16 bytes
+int         7    decimal string, for integers beyond 64 bits
+==========  ===  ==================================================
+
+Tuples travel as arrays and come back as lists. Aware datetimes and times come
+back with a fixed-offset ``timezone``: the instant and the offset are exact, the
+zone's name is not carried. Anything else is refused with ``CodecError``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import uuid
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgpack
+
+from dbsync_mq.errors import CodecError
+
+EXT_DATETIME = 1
+EXT_DATE = 2
+EXT_TIME = 3
+EXT_TIMEDELTA = 4
+EXT_DECIMAL = 5
+EXT_UUID = 6
+EXT_BIGINT = 7
+
+_EPOCH = dt.datetime(1, 1, 1)
+_MICRO = dt.timedelta(microseconds=1)
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+_NAIVE = struct.Struct(">qB")
+_AWARE = struct.Struct(">qBq")
+_DATE = struct.Struct(">i")
+_DELTA = struct.Struct(">iii")
+
+
+def _offset_micros(offset: dt.timedelta) -> int:
+    return offset // _MICRO
+
+
+def _zone(offset_micros: int) -> dt.timezone:
+    return dt.timezone(dt.timedelta(microseconds=offset_micros))
+
+
+def _pack_datetime(value: dt.datetime) -> msgpack.ExtType:
+    local = (value.replace(tzinfo=None) - _EPOCH) // _MICRO
+    offset = value.utcoffset()
+    if offset is None:
+        return msgpack.ExtType(EXT_DATETIME, _NAIVE.pack(local, value.fold))
+    return msgpack.ExtType(EXT_DATETIME, _AWARE.pack(local, value.fold, _offset_micros(offset)))
+
+
+def _unpack_datetime(data: bytes) -> dt.datetime:
+    if len(data) == _NAIVE.size:
+        local, fold = _NAIVE.unpack(data)
+        naive: dt.datetime = _EPOCH + local * _MICRO
+        return naive.replace(fold=fold)
+    local, fold, offset = _AWARE.unpack(data)
+    aware: dt.datetime = _EPOCH + local * _MICRO
+    return aware.replace(fold=fold, tzinfo=_zone(offset))
+
+
+def _time_micros(value: dt.time) -> int:
+    return ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+
+
+def _pack_time(value: dt.time) -> msgpack.ExtType:
+    micros = _time_micros(value)
+    offset = value.utcoffset()
+    if offset is None:
+        return msgpack.ExtType(EXT_TIME, _NAIVE.pack(micros, value.fold))
+    return msgpack.ExtType(EXT_TIME, _AWARE.pack(micros, value.fold, _offset_micros(offset)))
+
+
+def _unpack_time(data: bytes) -> dt.time:
+    if len(data) == _NAIVE.size:
+        micros, fold = _NAIVE.unpack(data)
+        zone = None
+    else:
+        micros, fold, offset = _AWARE.unpack(data)
+        zone = _zone(offset)
+    seconds, micro = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return dt.time(hour, minute, second, micro, tzinfo=zone, fold=fold)
+
+
+def _default(value: Any) -> msgpack.ExtType:
+    # datetime must be tested before date: it is a subclass.
+    if isinstance(value, dt.datetime):
+        return _pack_datetime(value)
+    if isinstance(value, dt.date):
+        return msgpack.ExtType(EXT_DATE, _DATE.pack(value.toordinal()))
+    if isinstance(value, dt.time):
+        return _pack_time(value)
+    if isinstance(value, dt.timedelta):
+        return msgpack.ExtType(
+            EXT_TIMEDELTA, _DELTA.pack(value.days, value.seconds, value.microseconds)
+        )
+    if isinstance(value, Decimal):
+        return msgpack.ExtType(EXT_DECIMAL, str(value).encode("ascii"))
+    if isinstance(value, uuid.UUID):
+        return msgpack.ExtType(EXT_UUID, value.bytes)
+    if isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+        return msgpack.ExtType(EXT_BIGINT, str(value).encode("ascii"))
+    raise CodecError(f"cannot encode a value of type {type(value).__qualname__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    try:
+        return _EXT_DECODERS[code](data)
+    except KeyError:
+        raise CodecError(f"unknown extension type {code}") from None
+    except (struct.error, ValueError, OverflowError, InvalidOperation) as exc:
+        raise CodecError(f"invalid payload for extension type {code}: {exc}") from None
+
+
+_EXT_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    EXT_DATETIME: _unpack_datetime,
+    EXT_DATE: lambda data: dt.date.fromordinal(_DATE.unpack(data)[0]),
+    EXT_TIME: _unpack_time,
+    EXT_TIMEDELTA: lambda data: dt.timedelta(*_DELTA.unpack(data)),
+    EXT_DECIMAL: lambda data: Decimal(data.decode("ascii")),
+    EXT_UUID: lambda data: uuid.UUID(bytes=data),
+    EXT_BIGINT: lambda data: int(data.decode("ascii")),
+}
+
+
+def encode(value: Any) -> bytes:
+    """Serialize ``value``; raise ``CodecError`` for a type the codec does not carry."""
+    try:
+        packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
+        return packed
+    except CodecError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Raised for, e.g., non-UTF-8 strings or dict keys msgpack refuses.
+        raise CodecError(f"cannot encode value: {exc}") from None
+
+
+def decode(data: bytes) -> Any:
+    """Deserialize bytes produced by ``encode``; raise ``CodecError`` on bad input."""
+    try:
+        return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+    except CodecError:
+        raise
+    except Exception as exc:  # msgpack raises many unrelated types on garbage input
+        raise CodecError(f"cannot decode message: {type(exc).__name__}: {exc}") from None
+
+
+def encode_key(key: Any) -> bytes:
+    """Serialize a primary key; composite keys (tuples) become arrays."""
+    return encode(list(key) if isinstance(key, tuple) else key)
+
+
+def decode_key(data: bytes) -> Any:
+    """Inverse of ``encode_key``: arrays come back as tuples, so keys stay hashable."""
+    key = decode(data)
+    return tuple(key) if isinstance(key, list) else key

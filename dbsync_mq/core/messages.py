@@ -1,0 +1,265 @@
+"""Request and reply kinds, their fields, and their validation.
+
+A request's signed bytes are a msgpack map::
+
+    {kind, proto, node, rid, ts, extra, body}
+
+and a reply's (signed by the server)::
+
+    {kind: "reply", proto, rid, ts, status, code, reason, seq, last, body}
+
+``body`` is checked against the schema of its kind: every field present, of the
+right type, nothing else. A reply to one request may come in several chunks
+(``seq`` counting from 0, ``last`` on the final one).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from dbsync_mq.core import codec
+from dbsync_mq.errors import CodecError, ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+
+PUSH: Final = "push"
+PULL: Final = "pull"
+REGISTER: Final = "register"
+REPAIR: Final = "repair"
+QUERY: Final = "query"
+PING: Final = "ping"
+REQUEST_KINDS: Final = (PUSH, PULL, REGISTER, REPAIR, QUERY, PING)
+"""Every request kind; each has its own queue."""
+
+REPLY: Final = "reply"
+EVENT: Final = "event"
+
+OK: Final = "ok"
+ERROR: Final = "error"
+
+MAX_EXTRA_DATA_BYTES: Final = 64 * 1024
+"""Largest encoded ``extra_data`` a request may carry."""
+
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+_Spec = Mapping[str, tuple[type | tuple[type, ...], bool]]
+"""Field name -> (accepted types, may be nil)."""
+
+REQUEST_BODIES: Final[Mapping[str, _Spec]] = {
+    PUSH: {"base": (int, False), "changes": (bytes, False)},
+    PULL: {"since": (int, False), "deleted": (bytes, False)},
+    REGISTER: {"token": (str, False), "public_key": (bytes, False)},
+    REPAIR: {},
+    QUERY: {
+        "table": (str, False),
+        "filters": (dict, False),
+        "limit": (int, True),
+        "offset": (int, False),
+    },
+    PING: {"version": (int, False)},
+}
+
+REPLY_BODIES: Final[Mapping[str, _Spec]] = {
+    PUSH: {"version": (int, False), "base": (int, False)},
+    PULL: {
+        "version": (int, False),
+        "changes": (bytes, False),
+        "versions": (list, False),
+        "parents": (bytes, False),
+    },
+    REGISTER: {"node": (int, False), "server_key": (bytes, False), "proof": (bytes, False)},
+    REPAIR: {"version": (int, False), "table": (str, True), "rows": (bytes, False)},
+    QUERY: {"rows": (bytes, False)},
+    PING: {"version": (int, False)},
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as signed by a node (unsigned for ``register``)."""
+
+    kind: str
+    node_id: int
+    request_id: str
+    timestamp_ms: int
+    body: Mapping[str, Any]
+    extra: Mapping[str, Any] | None = None
+    proto: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A server reply, or one chunk of it."""
+
+    request_id: str
+    timestamp_ms: int
+    status: str = OK
+    body: Mapping[str, Any] = field(default_factory=dict)
+    code: str | None = None
+    reason: str | None = None
+    seq: int = 0
+    last: bool = True
+
+
+def encode_request(request: Request) -> bytes:
+    """The signed bytes of ``request``."""
+    return codec.encode(
+        {
+            "kind": request.kind,
+            "proto": request.proto,
+            "node": request.node_id,
+            "rid": request.request_id,
+            "ts": request.timestamp_ms,
+            "extra": request.extra,
+            "body": dict(request.body),
+        }
+    )
+
+
+def decode_request(signed_bytes: bytes) -> Request:
+    """Parse and validate a request; raise ``ProtocolError`` naming the bad field."""
+    fields = _decode_map(signed_bytes, "request")
+    _check_fields(
+        fields,
+        {
+            "kind": (str, False),
+            "proto": (int, False),
+            "node": (int, False),
+            "rid": (str, False),
+            "ts": (int, False),
+            "extra": (dict, True),
+            "body": (dict, False),
+        },
+        "request",
+    )
+    kind = fields["kind"]
+    if fields["proto"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {fields['proto']!r}")
+    if kind not in REQUEST_BODIES:
+        raise ProtocolError(f"unknown request kind {kind!r}")
+    if not _REQUEST_ID.fullmatch(fields["rid"]):
+        raise ProtocolError("request id must be 32 lowercase hex digits")
+    _check_fields(fields["body"], REQUEST_BODIES[kind], f"{kind} request")
+    return Request(
+        kind=kind,
+        node_id=fields["node"],
+        request_id=fields["rid"],
+        timestamp_ms=fields["ts"],
+        body=fields["body"],
+        extra=fields["extra"],
+    )
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """The signed bytes of ``reply``."""
+    return codec.encode(
+        {
+            "kind": REPLY,
+            "proto": PROTOCOL_VERSION,
+            "rid": reply.request_id,
+            "ts": reply.timestamp_ms,
+            "status": reply.status,
+            "code": reply.code,
+            "reason": reply.reason,
+            "seq": reply.seq,
+            "last": reply.last,
+            "body": dict(reply.body),
+        }
+    )
+
+
+def decode_reply(signed_bytes: bytes, request_kind: str) -> Reply:
+    """Parse and validate a reply to a request of ``request_kind``."""
+    fields = _decode_map(signed_bytes, "reply")
+    _check_fields(
+        fields,
+        {
+            "kind": (str, False),
+            "proto": (int, False),
+            "rid": (str, False),
+            "ts": (int, False),
+            "status": (str, False),
+            "code": (str, True),
+            "reason": (str, True),
+            "seq": (int, False),
+            "last": (bool, False),
+            "body": (dict, False),
+        },
+        "reply",
+    )
+    if fields["kind"] != REPLY or fields["status"] not in (OK, ERROR):
+        raise ProtocolError("not a reply")
+    if fields["status"] == OK:
+        _check_fields(fields["body"], REPLY_BODIES[request_kind], f"{request_kind} reply")
+    return Reply(
+        request_id=fields["rid"],
+        timestamp_ms=fields["ts"],
+        status=fields["status"],
+        body=fields["body"],
+        code=fields["code"],
+        reason=fields["reason"],
+        seq=fields["seq"],
+        last=fields["last"],
+    )
+
+
+def encode_event(version: int, timestamp_ms: int) -> bytes:
+    """The signed bytes of a "version committed" notice."""
+    return codec.encode(
+        {"kind": EVENT, "proto": PROTOCOL_VERSION, "version": version, "ts": timestamp_ms}
+    )
+
+
+def decode_event(signed_bytes: bytes) -> int:
+    """The version announced by an event."""
+    fields = _decode_map(signed_bytes, "event")
+    _check_fields(
+        fields,
+        {"kind": (str, False), "proto": (int, False), "version": (int, False), "ts": (int, False)},
+        "event",
+    )
+    if fields["kind"] != EVENT:
+        raise ProtocolError("not an event")
+    version: int = fields["version"]
+    return version
+
+
+def check_extra_data(extra: Mapping[str, Any] | None) -> None:
+    """Raise ``ProtocolError`` if ``extra`` cannot travel with a request."""
+    if extra is None:
+        return
+    if not isinstance(extra, Mapping):
+        raise ProtocolError("extra_data must be a mapping")
+    try:
+        size = len(codec.encode(dict(extra)))
+    except CodecError as exc:
+        raise ProtocolError(f"extra_data: {exc}") from None
+    if size > MAX_EXTRA_DATA_BYTES:
+        raise ProtocolError(f"extra_data is {size} bytes; the limit is {MAX_EXTRA_DATA_BYTES}")
+
+
+def _decode_map(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        fields = codec.decode(data)
+    except CodecError as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+    if not isinstance(fields, dict):
+        raise ProtocolError(f"{what}: expected a map")
+    return fields
+
+
+def _check_fields(fields: Mapping[Any, Any], spec: _Spec, what: str) -> None:
+    unknown = set(fields) - set(spec)
+    if unknown:
+        raise ProtocolError(f"{what}: unknown fields {sorted(map(str, unknown))}")
+    for name, (types, nullable) in spec.items():
+        if name not in fields:
+            raise ProtocolError(f"{what}: missing field {name!r}")
+        value = fields[name]
+        if value is None and nullable:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+            raise ProtocolError(f"{what}: field {name!r} has the wrong type")

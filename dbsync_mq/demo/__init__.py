@@ -1,0 +1,1 @@
+"""A tiny application used by ``dbsync-mq demo`` and the README."""

@@ -1,0 +1,128 @@
+"""Every error dbsync-mq raises, under one root.
+
+::
+
+    SyncError
+    ├── ConfigurationError        bad settings, untracked models, missing tables
+    ├── NotRegistered             the node has no identity yet: call register()
+    ├── TrackingError             a write the change capture cannot record safely
+    ├── CodecError                a value that cannot be encoded or decoded
+    ├── ProtocolError             a message that is malformed or not authentic
+    │   └── SignatureError        the signature does not verify
+    ├── BrokerUnavailable         RabbitMQ cannot be reached (retryable; work offline)
+    ├── DatabaseUnavailable       the database connection failed (retryable)
+    ├── SyncTimeout               no reply in time (retryable)
+    ├── RequestRefused            the server refused a request, with a code
+    ├── ReplyRejected             the server answered a request with an error
+    │   └── PushRejected          a push was not applied
+    │       └── PullRequired      the node is behind: pull, then push again (retryable)
+    └── MergeError                a pull could not be merged; nothing was changed
+        └── UniqueConstraintError a local row clashes with a remote row on a unique key
+
+``retryable`` is a property of the class: the same call may succeed later
+without any change by the caller. The worker uses it to choose between retrying
+a message and answering it with an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+
+class SyncError(Exception):
+    """Root of every dbsync-mq error."""
+
+    retryable: ClassVar[bool] = False
+
+
+class ConfigurationError(SyncError):
+    """A setting, model or table is missing or invalid."""
+
+
+class NotRegistered(SyncError):
+    """The local node has no identity yet; call ``SyncClient.register`` first."""
+
+
+class TrackingError(SyncError):
+    """A write on a tracked model that the change capture cannot record safely."""
+
+
+class CodecError(SyncError):
+    """A value cannot be encoded to, or decoded from, the wire format."""
+
+
+class ProtocolError(SyncError):
+    """A message is malformed, too large, of an unknown kind or not authentic."""
+
+
+class SignatureError(ProtocolError):
+    """A signature does not verify against the expected key."""
+
+
+class BrokerUnavailable(SyncError):
+    """RabbitMQ cannot be reached. Local work continues; sync again later."""
+
+    retryable = True
+
+
+class DatabaseUnavailable(SyncError):
+    """The database connection failed or was lost."""
+
+    retryable = True
+
+
+class SyncTimeout(SyncError):
+    """No reply arrived in time. A push stays in flight and is settled later."""
+
+    retryable = True
+
+
+class RequestRefused(SyncError):
+    """Raised by server handlers: an authenticated request that cannot be served.
+
+    The worker answers it with a signed error reply carrying ``code``.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ReplyRejected(SyncError):
+    """The server answered with an error ``code`` and a human ``reason``."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"server refused the request ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class PushRejected(ReplyRejected):
+    """The server did not apply a push; the local operations are kept."""
+
+
+class PullRequired(PushRejected):
+    """The server has versions this node has not merged: pull, then push again."""
+
+    retryable = True
+
+
+class MergeError(SyncError):
+    """A pull could not be merged into the local database; nothing was changed."""
+
+
+class UniqueConstraintError(MergeError):
+    """Local rows clash with remote rows on unique columns.
+
+    ``entries`` lists ``(model, pk, columns)`` for each local row that must be
+    changed by the application before the pull can be merged.
+    """
+
+    def __init__(self, entries: Sequence[tuple[Any, Any, tuple[str, ...]]]) -> None:
+        described = ", ".join(
+            f"{getattr(model, '__name__', model)}[{pk!r}] on {cols}" for model, pk, cols in entries
+        )
+        super().__init__(f"unique constraint clash: {described}")
+        self.entries = list(entries)

@@ -1,0 +1,49 @@
+"""What the client's calls return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dbsync_mq.core.merge import Conflict
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A push: the version the node is at afterwards and how many rows it sent."""
+
+    version: int
+    operations: int
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """A pull: the version merged, how many remote changes, the conflicts resolved."""
+
+    version: int
+    changes: int
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """A sync: pushes and pulls until the node and the server agree."""
+
+    version: int
+    pushed: int
+    pulled: int
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """Whether a worker answered, and how far behind the server this node is."""
+
+    server_version: int
+    local_version: int
+    pending_operations: int
+    round_trip_seconds: float
+
+    @property
+    def behind(self) -> int:
+        """Versions the node has not merged yet."""
+        return max(0, self.server_version - self.local_version)

@@ -1,0 +1,340 @@
+"""The server: one request message in, an ``Outcome`` out. No messaging code here.
+
+Checks run cheapest and least trusting first: the kind, the size and shape of
+the envelope, the node's key, the signature; only then is the request decoded.
+A message that fails any of these is dead-lettered without a reply (nobody
+trustworthy to answer). An authenticated request that cannot be served gets a
+signed error reply with a code. Database outages raise ``DatabaseUnavailable``
+so that the worker retries the message instead of answering it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from sqlalchemy.engine import Engine
+
+from dbsync_mq.config import ServerSettings
+from dbsync_mq.core import messages, signing
+from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.messages import Reply, Request
+from dbsync_mq.core.model import RowKey
+from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
+from dbsync_mq.server import state
+from dbsync_mq.server.pull import pull_bodies, read_pull
+from dbsync_mq.server.push import apply_push, decode_push
+from dbsync_mq.server.register import register_node
+from dbsync_mq.storage.engine import prepare, read_transaction, write_transaction
+from dbsync_mq.storage.models import ModelSet
+from dbsync_mq.transport.base import Message, Outgoing
+
+logger = logging.getLogger(__name__)
+
+Disposition = Literal["ack", "dead-letter", "requeue"]
+StageHook = Callable[[str, str, str], None]
+"""Called with a stage name (``before-transaction``, ``in-transaction``,
+``after-commit``), the request kind and its id: for tracing and fault injection."""
+
+REPLY_KIND: Final = messages.REPLY
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do with a request message: what to publish, then how to settle it."""
+
+    disposition: Disposition
+    outgoing: Iterable[Outgoing] = ()
+    reason: str = ""
+    kind: str = ""
+    version: int | None = None
+    request_id: str | None = None
+    code: str | None = None
+
+
+@dataclass
+class Server:
+    """Serves requests against the central database.
+
+    ::
+
+        server = Server(engine, ModelSet.in_modules(["myapp.models"]))
+        outcome = server.handle(message)
+    """
+
+    engine: Engine
+    models: ModelSet
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    clock: Callable[[], float] = time.time
+    on_stage: StageHook | None = None
+
+    def __post_init__(self) -> None:
+        prepare(self.engine, foreign_keys=True)
+        with read_transaction(self.engine) as connection:
+            self._key = state.server_key(connection)
+        self.public_key = signing.public_key_bytes(self._key)
+
+    # --- entry point ----------------------------------------------------------
+
+    def handle(self, message: Message) -> Outcome:
+        """Serve one request message. Raises only ``DatabaseUnavailable`` (retry later)."""
+        if message.kind not in messages.REQUEST_KINDS:
+            return _dead_letter(f"unknown message kind {message.kind!r}", message.kind)
+        try:
+            signed, signature = signing.open_envelope(message.body, self.settings.max_message_bytes)
+            if message.kind == messages.REGISTER:
+                return self._register(message, signed, signature)
+            request, node = self._authenticate(message, signed, signature)
+        except ProtocolError as exc:
+            return _dead_letter(str(exc), message.kind)
+        return self._serve(request, signed, node)
+
+    def _serve(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
+        try:
+            if not node.enabled:
+                raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
+            return self._dispatch(request, signed)
+        except RequestRefused as exc:
+            return Outcome(
+                "ack",
+                [self._error(request, exc.code, exc.reason)],
+                exc.reason,
+                request.kind,
+                request_id=request.request_id,
+                code=exc.code,
+            )
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            # A bug or a broken database schema: tell the node, keep the message for an operator.
+            logger.exception("request %s (%s) failed", request.request_id, request.kind)
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, SyncError) else "internal"
+            return Outcome(
+                "dead-letter",
+                [self._error(request, "internal-error", reason)],
+                reason,
+                request.kind,
+                request_id=request.request_id,
+                code="internal-error",
+            )
+
+    def _dispatch(self, request: Request, signed: bytes) -> Outcome:
+        handlers: dict[str, Callable[[Request, bytes], Outcome]] = {
+            messages.PUSH: self._push,
+            messages.PULL: self._pull,
+            messages.PING: self._ping,
+        }
+        handler = handlers.get(request.kind)
+        if handler is None:
+            raise RequestRefused("unsupported", f"this server does not serve {request.kind}")
+        return handler(request, signed)
+
+    # --- authentication -------------------------------------------------------
+
+    def _authenticate(
+        self, message: Message, signed: bytes, signature: bytes
+    ) -> tuple[Request, state.NodeRecord]:
+        node_id = _header_node(message)
+        with read_transaction(self.engine) as connection:
+            node = state.find_node(connection, node_id)
+        if node is None:
+            raise ProtocolError(f"unknown node {node_id}")
+        signing.verify(signed, signature, signing.load_public_key(node.public_key))
+        request = messages.decode_request(signed)
+        if request.node_id != node_id or request.kind != message.kind:
+            raise ProtocolError("the signed request does not match its message properties")
+        return request, node
+
+    def _check_window(self, request: Request) -> None:
+        skew = abs(self.clock() * 1000 - request.timestamp_ms) / 1000
+        if skew > self.settings.request_window_seconds:
+            raise RequestRefused(
+                "stale-request",
+                f"request time is {skew:.0f} s from the server's; nothing was applied",
+            )
+
+    # --- handlers -------------------------------------------------------------
+
+    def _push(self, request: Request, signed: bytes) -> Outcome:
+        digest = signing.body_digest(signed)
+        with read_transaction(self.engine) as connection:
+            stored = state.find_request(connection, request.request_id)
+        if stored is None:
+            self._check_window(request)
+        changes = decode_push(self.models, request)
+        self._stage("before-transaction", request)
+        with write_transaction(self.engine) as connection:
+            accepted = apply_push(
+                connection,
+                self.models,
+                request,
+                changes,
+                digest,
+                lambda version, base: self._seal(request, {"version": version, "base": base}),
+            )
+            self._stage("in-transaction", request)
+        self._stage("after-commit", request)
+        outgoing = [self._to_node(request, accepted.reply)]
+        if accepted.version is not None:
+            outgoing.append(self._event(accepted.version))
+        return Outcome(
+            "ack",
+            outgoing,
+            kind=request.kind,
+            version=accepted.version,
+            request_id=request.request_id,
+        )
+
+    def _pull(self, request: Request, _signed: bytes) -> Outcome:
+        self._check_window(request)
+        deleted = _deleted_keys(request.body["deleted"])
+        with read_transaction(self.engine) as connection:
+            data = read_pull(
+                connection, self.models, request.node_id, request.body["since"], deleted
+            )
+        bodies = pull_bodies(data, self.settings.pull_chunk_changes)
+        return Outcome(
+            "ack", self._chunks(request, bodies), kind=request.kind, request_id=request.request_id
+        )
+
+    def _ping(self, request: Request, _signed: bytes) -> Outcome:
+        with read_transaction(self.engine) as connection:
+            head = state.read_head(connection)
+        reply = self._seal(request, {"version": head})
+        return Outcome(
+            "ack", [self._to_node(request, reply)], kind=request.kind, request_id=request.request_id
+        )
+
+    def _register(self, message: Message, signed: bytes, signature: bytes) -> Outcome:
+        request = messages.decode_request(signed)
+        if request.kind != messages.REGISTER or not message.reply_to:
+            raise ProtocolError("a registration needs a reply-to address")
+        public_key = signing.load_public_key(request.body["public_key"])
+        signing.verify(signed, signature, public_key)
+
+        def reply_for(node_id: int, token_hash: bytes) -> bytes:
+            proof = signing.registration_proof(
+                token_hash, node_id, self.public_key, request.request_id
+            )
+            body = {"node": node_id, "server_key": self.public_key, "proof": proof}
+            return self._seal(request, body)
+
+        try:
+            self._check_window(request)
+            with write_transaction(self.engine) as connection:
+                reply = register_node(connection, request, signing.body_digest(signed), reply_for)
+        except RequestRefused as exc:
+            reply = self._seal_error(request, exc.code, exc.reason)
+            return Outcome(
+                "ack",
+                [self._direct(request, message.reply_to, reply)],
+                exc.reason,
+                request.kind,
+                request_id=request.request_id,
+                code=exc.code,
+            )
+        return Outcome(
+            "ack",
+            [self._direct(request, message.reply_to, reply)],
+            kind=request.kind,
+            request_id=request.request_id,
+        )
+
+    def _stage(self, stage: str, request: Request) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage, request.kind, request.request_id)
+
+    # --- replies --------------------------------------------------------------
+
+    def _chunks(self, request: Request, bodies: Iterable[dict[str, Any]]) -> Iterator[Outgoing]:
+        pending = None
+        seq = 0
+        for body in bodies:
+            if pending is not None:
+                yield self._to_node(request, self._seal(request, pending, seq=seq, last=False))
+                seq += 1
+            pending = body
+        if pending is not None:
+            yield self._to_node(request, self._seal(request, pending, seq=seq, last=True))
+
+    def _seal(
+        self, request: Request, body: dict[str, Any], *, seq: int = 0, last: bool = True
+    ) -> bytes:
+        reply = Reply(
+            request_id=request.request_id,
+            timestamp_ms=self._now_ms(),
+            body=body,
+            seq=seq,
+            last=last,
+        )
+        return signing.seal(messages.encode_reply(reply), self._key)
+
+    def _seal_error(self, request: Request, code: str, reason: str) -> bytes:
+        reply = Reply(
+            request_id=request.request_id,
+            timestamp_ms=self._now_ms(),
+            status=messages.ERROR,
+            code=code,
+            reason=reason,
+        )
+        return signing.seal(messages.encode_reply(reply), self._key)
+
+    def _error(self, request: Request, code: str, reason: str) -> Outgoing:
+        return self._to_node(request, self._seal_error(request, code, reason))
+
+    def _to_node(self, request: Request, body: bytes) -> Outgoing:
+        return Outgoing(_reply_message(request, body), node_id=request.node_id)
+
+    def _direct(self, request: Request, reply_to: str, body: bytes) -> Outgoing:
+        return Outgoing(_reply_message(request, body), reply_to=reply_to)
+
+    def _event(self, version: int) -> Outgoing:
+        body = signing.seal(messages.encode_event(version, self._now_ms()), self._key)
+        message = Message(
+            body=body,
+            kind=messages.EVENT,
+            message_id=uuid.uuid4().hex,
+            correlation_id="",
+            headers={"proto": messages.PROTOCOL_VERSION},
+        )
+        return Outgoing(message, event=True)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def _reply_message(request: Request, body: bytes) -> Message:
+    return Message(
+        body=body,
+        kind=REPLY_KIND,
+        message_id=uuid.uuid4().hex,
+        correlation_id=request.request_id,
+        headers={"proto": messages.PROTOCOL_VERSION},
+    )
+
+
+def _header_node(message: Message) -> int:
+    value = message.headers.get("node")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ProtocolError("the message has no valid node header")
+    return value
+
+
+def _deleted_keys(data: bytes) -> set[RowKey]:
+    try:
+        changes = decode_changes(data)
+    except ProtocolError as exc:
+        raise RequestRefused("malformed", f"deleted keys: {exc}") from None
+    return {change.row_key for change in changes}
+
+
+def _dead_letter(reason: str, kind: str) -> Outcome:
+    return Outcome("dead-letter", (), reason, kind)

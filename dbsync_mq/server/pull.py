@@ -1,0 +1,112 @@
+"""Building a pull: the changes since a node's version, compressed, in bounded chunks.
+
+Versions store the packed changes of their push, each carrying the rows it
+wrote; the last change of a row in the range carries the row as it is now, so
+a pull never reads the application tables. Changes to push-only tables are left
+out: they never travel to clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dbsync_mq.core.changeset import decode_changes, encode_changes
+from dbsync_mq.core.compression import compress_remote
+from dbsync_mq.core.model import INSERT, Change, Key, Row, RowKey
+from dbsync_mq.errors import RequestRefused
+from dbsync_mq.server import state
+from dbsync_mq.storage import schema
+from dbsync_mq.storage.apply import batches, read_rows
+from dbsync_mq.storage.models import ModelSet
+
+
+@dataclass(frozen=True)
+class PullData:
+    """What a pull answers: the version reached, the changes, the node's own versions,
+    and the current rows of parents the node deleted but remote rows reference."""
+
+    version: int
+    changes: list[Change]
+    own_versions: list[list[Any]]
+    parents: list[Change]
+
+
+def read_pull(
+    connection: Connection,
+    models: ModelSet,
+    node_id: int,
+    since: int,
+    deleted: set[RowKey] | None = None,
+) -> PullData:
+    """Everything version ``since`` lacks, up to the current head.
+
+    ``deleted`` names rows the node deleted and has not pushed yet: those that
+    the returned changes reference come back as ``parents``, so the node can
+    undo its delete (a reversed dependency conflict).
+    """
+    head = state.read_head(connection)
+    if since > head:
+        raise RequestRefused(
+            "unknown-version",
+            f"the node claims version {since} but the server is at {head}: repair the node",
+        )
+    if since < 0:
+        raise RequestRefused("malformed", "a version is never negative")
+    own: list[list[Any]] = []
+    pulled = {model.name for model in models if model.pulled}
+
+    def changes() -> Iterator[Change]:
+        v = schema.versions.c
+        rows = connection.execute(
+            sa.select(v.id, v.node_id, v.request_id, v.changes)
+            .where(v.id > since, v.id <= head)
+            .order_by(v.id)
+        )
+        for row in rows:
+            if row.node_id == node_id:
+                own.append([row.id, row.request_id])
+            yield from (c for c in decode_changes(row.changes) if c.table in pulled)
+
+    compressed = compress_remote(changes())
+    parents = referenced_rows(connection, models, compressed, deleted or set())
+    return PullData(version=head, changes=compressed, own_versions=own, parents=parents)
+
+
+def referenced_rows(
+    connection: Connection, models: ModelSet, changes: list[Change], deleted: set[RowKey]
+) -> list[Change]:
+    """The rows among ``deleted`` that ``changes`` reference, directly or through each other."""
+    found: dict[RowKey, Row] = {}
+    rows: list[tuple[str, Row]] = [(c.table, c.values) for c in changes if c.values is not None]
+    while rows and deleted:
+        wanted: dict[str, set[Key]] = {}
+        for table, row in rows:
+            for ref in models.schema.references_from(table):
+                target = ref.target(row)
+                parent = (ref.referred_table, target)
+                if target is not None and parent in deleted and parent not in found:
+                    wanted.setdefault(ref.referred_table, set()).add(target)
+        rows = []
+        for table, keys in wanted.items():
+            for key, row in read_rows(connection, models.get(table), keys).items():
+                found[table, key] = row
+                rows.append((table, row))
+    return [Change(table, key, INSERT, 0, row) for (table, key), row in found.items()]
+
+
+def pull_bodies(data: PullData, chunk_changes: int) -> Iterator[dict[str, Any]]:
+    """Reply bodies of at most ``chunk_changes`` changes each; at least one."""
+    chunks = list(batches(data.changes, chunk_changes)) or [[]]
+    for index, chunk in enumerate(chunks):
+        last = index == len(chunks) - 1
+        yield {
+            "version": data.version,
+            "changes": encode_changes(chunk),
+            "versions": data.own_versions if last else [],
+            "parents": encode_changes(data.parents if last else []),
+        }

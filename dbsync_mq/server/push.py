@@ -1,0 +1,123 @@
+"""Applying a push: one transaction under the version-head lock.
+
+The order inside the transaction is the contract: lock the head; answer a
+request id seen before from its stored reply; refuse a node that is behind
+(``pull-required``, nothing written); apply every change with batched
+statements; write the version with the push's packed changes as they arrived;
+store the reply under the request id; commit. A crash anywhere leaves nothing
+or everything, and the redelivered request gets the stored reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.messages import Request
+from dbsync_mq.core.model import DELETE, Change
+from dbsync_mq.errors import ProtocolError, RequestRefused
+from dbsync_mq.server import state
+from dbsync_mq.storage import schema
+from dbsync_mq.storage.apply import apply_changes
+from dbsync_mq.storage.local import utcnow
+from dbsync_mq.storage.models import ModelSet
+from dbsync_mq.storage.values import check_row
+
+PULL_REQUIRED = "pull-required"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A push made version ``version`` (``None`` when it was answered from the stored
+    reply of an earlier delivery); ``reply`` is the sealed reply to send."""
+
+    version: int | None
+    reply: bytes
+
+
+def decode_push(models: ModelSet, request: Request) -> list[Change]:
+    """The push's changes, checked against the tracked models; ``RequestRefused`` if bad."""
+    try:
+        changes = decode_changes(request.body["changes"])
+    except ProtocolError as exc:
+        raise RequestRefused("malformed", str(exc)) from None
+    seen: set[tuple[str, object]] = set()
+    for change in changes:
+        check_change(models, change)
+        if change.row_key in seen:
+            raise RequestRefused("malformed", f"{change.table} row {change.key!r} appears twice")
+        seen.add(change.row_key)
+    return changes
+
+
+def check_change(models: ModelSet, change: Change) -> None:
+    """Refuse a change to an untracked or pull-only table, or with a bad row."""
+    model = models.by_table.get(change.table)
+    if model is None:
+        raise RequestRefused("unknown-table", f"table {change.table!r} is not tracked")
+    if not model.pushed:
+        raise RequestRefused("direction-refused", f"{change.table} is pull-only")
+    key_parts = change.key if isinstance(change.key, tuple) else (change.key,)
+    if len(key_parts) != len(model.key_columns):
+        raise RequestRefused("malformed", f"{change.table}: key {change.key!r} has the wrong width")
+    check_row(model.table, dict(zip(model.key_columns, key_parts, strict=True)))
+    if change.command == DELETE:
+        return
+    if change.values is None:
+        raise RequestRefused("malformed", f"{change.table}: insert or update without a row")
+    check_row(model.table, change.values)
+    if (
+        any(name not in change.values for name in model.key_columns)
+        or model.key_of(change.values) != change.key
+    ):
+        raise RequestRefused("malformed", f"{change.table}: row does not match key {change.key!r}")
+
+
+def apply_push(
+    connection: Connection,
+    models: ModelSet,
+    request: Request,
+    changes: Sequence[Change],
+    digest: bytes,
+    make_reply: Callable[[int, int], bytes],
+) -> Accepted:
+    """Apply ``changes`` as the next version, inside the caller's write transaction.
+
+    ``make_reply(version, base)`` builds the sealed reply to store and send.
+    Raises ``RequestRefused`` (nothing written) when the push cannot be applied.
+    """
+    head = state.lock_head(connection)
+    stored = state.find_request(connection, request.request_id)
+    if stored is not None:
+        if stored.digest != digest:
+            raise RequestRefused("request-id-reused", "request id was used for another body")
+        return Accepted(version=None, reply=stored.reply)
+    base = request.body["base"]
+    if base != head:
+        raise RequestRefused(PULL_REQUIRED, f"the server is at version {head}, the node at {base}")
+    try:
+        apply_changes(connection, models, changes)
+    except sa.exc.IntegrityError as exc:
+        # Raising rolls the whole transaction back: nothing of the push stays.
+        raise RequestRefused("constraint-violation", str(exc.orig)[:500]) from None
+    version = head + 1
+    connection.execute(
+        schema.versions.insert().values(
+            id=version,
+            node_id=request.node_id,
+            request_id=request.request_id,
+            created_at=utcnow(),
+            operation_count=len(changes),
+            changes=request.body["changes"],
+        )
+    )
+    state.advance_head(connection, version)
+    reply = make_reply(version, base)
+    state.store_request(
+        connection, request.request_id, request.node_id, request.kind, digest, reply
+    )
+    return Accepted(version=version, reply=reply)

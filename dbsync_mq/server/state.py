@@ -1,0 +1,148 @@
+"""The server's own tables: the version head, nodes, processed requests, keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Connection, Engine
+
+from dbsync_mq.core import signing
+from dbsync_mq.errors import ConfigurationError
+from dbsync_mq.storage import schema
+from dbsync_mq.storage.engine import database_errors, prepare, write_transaction
+from dbsync_mq.storage.local import utcnow
+from dbsync_mq.storage.models import ModelSet
+
+
+def initialize(engine: Engine, models: ModelSet) -> None:
+    """Create the tracked and sync tables, the version head and the server key; idempotent."""
+    prepare(engine, foreign_keys=True)
+    with database_errors():
+        if engine.dialect.name == "sqlite":
+            # Readers never block the writer: pulls run beside pushes.
+            raw = engine.raw_connection()
+            try:
+                raw.cursor().execute("PRAGMA journal_mode=WAL")
+            finally:
+                raw.close()
+        schema.server_metadata.create_all(engine)
+        for model in models:
+            model.table.create(engine, checkfirst=True)
+    with write_transaction(engine) as connection:
+        if connection.execute(sa.select(schema.head.c.version)).first() is None:
+            connection.execute(schema.head.insert().values(id=1, version=0))
+        if connection.execute(sa.select(schema.server_keys.c.id)).first() is None:
+            connection.execute(
+                schema.server_keys.insert().values(private_key=os.urandom(32), created_at=utcnow())
+            )
+
+
+def server_key(connection: Connection) -> Ed25519PrivateKey:
+    """The key the server signs replies with."""
+    seed = connection.execute(
+        sa.select(schema.server_keys.c.private_key).order_by(schema.server_keys.c.id.desc())
+    ).scalar()
+    if seed is None:
+        raise ConfigurationError("the server database is not initialized: run `dbsync-mq init`")
+    return signing.private_key_from_seed(seed)
+
+
+def lock_head(connection: Connection) -> int:
+    """The current version, locked until the transaction ends (every writer waits here)."""
+    version = connection.execute(
+        sa.select(schema.head.c.version).where(schema.head.c.id == 1).with_for_update()
+    ).scalar()
+    if version is None:
+        raise ConfigurationError("the server database is not initialized: run `dbsync-mq init`")
+    return int(version)
+
+
+def read_head(connection: Connection) -> int:
+    """The current version, without locking."""
+    version = connection.execute(sa.select(schema.head.c.version)).scalar()
+    if version is None:
+        raise ConfigurationError("the server database is not initialized: run `dbsync-mq init`")
+    return int(version)
+
+
+def advance_head(connection: Connection, version: int) -> None:
+    connection.execute(schema.head.update().where(schema.head.c.id == 1).values(version=version))
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: int
+    public_key: bytes
+    enabled: bool
+    user_id: str | None
+
+
+def find_node(connection: Connection, node_id: int) -> NodeRecord | None:
+    row = (
+        connection.execute(sa.select(schema.nodes).where(schema.nodes.c.id == node_id))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return NodeRecord(row["id"], row["public_key"], bool(row["enabled"]), row["user_id"])
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    digest: bytes
+    reply: bytes
+
+
+def find_request(connection: Connection, request_id: str) -> StoredReply | None:
+    row = connection.execute(
+        sa.select(schema.requests.c.digest, schema.requests.c.reply).where(
+            schema.requests.c.request_id == request_id
+        )
+    ).first()
+    return None if row is None else StoredReply(row.digest, row.reply)
+
+
+def store_request(
+    connection: Connection,
+    request_id: str,
+    node_id: int | None,
+    kind: str,
+    digest: bytes,
+    reply: bytes,
+) -> None:
+    connection.execute(
+        schema.requests.insert().values(
+            request_id=request_id,
+            node_id=node_id,
+            kind=kind,
+            digest=digest,
+            reply=reply,
+            created_at=utcnow(),
+        )
+    )
+
+
+def issue_enrollment(
+    engine: Engine,
+    token: str,
+    ttl: dt.timedelta,
+    user_id: str | None = None,
+    replaces_node: int | None = None,
+) -> None:
+    """Store a one-time token (hashed) that lets one node register within ``ttl``."""
+    now = utcnow()
+    with write_transaction(engine) as connection:
+        connection.execute(
+            schema.enrollments.insert().values(
+                token_hash=signing.token_digest(token),
+                user_id=user_id,
+                replaces_node=replaces_node,
+                created_at=now,
+                expires_at=now + ttl,
+            )
+        )

@@ -1,0 +1,99 @@
+"""Transactions the sync relies on, on any engine it is given.
+
+``write_transaction`` opens a transaction that holds the database's write lock
+from its first statement: ``BEGIN IMMEDIATE`` on SQLite (which needs the
+driver's own implicit transactions turned off, as SQLAlchemy's pysqlite
+documentation recommends), a plain transaction elsewhere, where the caller
+locks a row with ``SELECT ... FOR UPDATE``. Database driver failures are turned
+into ``DatabaseUnavailable`` (retryable) at this edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from dbsync_mq.errors import ConfigurationError, DatabaseUnavailable
+
+_WRITE: Final = "dbsync_mq_write"
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def prepare(engine: Engine, *, foreign_keys: bool = False) -> Engine:
+    """Make ``engine``'s transactions real on SQLite; idempotent, harmless elsewhere.
+
+    With ``foreign_keys`` SQLite enforces foreign keys on every connection, as
+    the server does so that bad pushes are refused.
+    """
+    if not is_sqlite(engine) or event.contains(engine, "begin", _begin):
+        return engine
+    event.listen(engine, "begin", _begin)
+    if foreign_keys:
+        event.listen(engine, "connect", _enforce_foreign_keys)
+    return engine
+
+
+def _enforce_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _begin(connection: Connection) -> None:
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    if dbapi_connection.isolation_level is not None:
+        # Stop pysqlite from opening transactions of its own, so that ours start here.
+        dbapi_connection.isolation_level = None
+    immediate = connection.get_execution_options().get(_WRITE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that takes the write lock first (SQLite) and commits on success."""
+    with database_errors(), engine.connect() as connection:
+        connection = connection.execution_options(**{_WRITE: True})
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction for consistent reads; rolled back at the end."""
+    with database_errors(), engine.connect() as connection, connection.begin() as transaction:
+        yield connection
+        transaction.rollback()
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn a lost, locked or refused database connection into ``DatabaseUnavailable``.
+
+    Other operational errors (a missing table, say) are configuration problems
+    that no retry will fix: they become ``ConfigurationError``.
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if _is_transient(exc):
+            raise DatabaseUnavailable(f"database unavailable: {exc.orig or exc}") from exc
+        if isinstance(exc, sa.exc.OperationalError):
+            raise ConfigurationError(f"database error: {exc.orig or exc}") from exc
+        raise
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        message = str(exc.orig).lower()
+        return "locked" in message or "busy" in message or "disk i/o" in message
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))

@@ -1,0 +1,246 @@
+"""A client node's own tables: its operation log, its identity, its push in flight."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dbsync_mq.core import codec
+from dbsync_mq.core.hlc import HybridClock
+from dbsync_mq.core.model import DELETE, UPDATE, Change, Key, Operation, Write
+from dbsync_mq.errors import ConfigurationError
+from dbsync_mq.storage import schema
+from dbsync_mq.storage.apply import batches, read_rows
+from dbsync_mq.storage.models import ModelSet, TrackedModel
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now, as every sync table stores times."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class OperationLog:
+    """The capture of a client database: each write becomes a row of ``sync_operations``.
+
+    Stamps every operation with the node's hybrid logical clock, which starts
+    from the highest stamp the database has seen.
+    """
+
+    def __init__(self, models: ModelSet, clock: Callable[[], float] = time.time) -> None:
+        self.models = models
+        self.hlc = HybridClock()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = False
+
+    def wants(self, model: TrackedModel) -> bool:
+        return model.pushed
+
+    def record(self, connection: Connection, writes: Sequence[Write]) -> None:
+        if not writes:
+            return
+        with self._lock:
+            if not self._started:
+                self._start(connection)
+            now_ms = int(self._clock() * 1000)
+            rows = [
+                {
+                    "table_name": write.table,
+                    "row_key": codec.encode_key(write.key),
+                    "command": write.command,
+                    "columns": codec.encode(sorted(write.columns)) if write.columns else None,
+                    "hlc": self.hlc.tick(now_ms),
+                }
+                for write in writes
+            ]
+        connection.execute(schema.operations.insert(), rows)
+
+    def _start(self, connection: Connection) -> None:
+        if not sa.inspect(connection).has_table(schema.operations.name):
+            raise ConfigurationError(
+                "tracked models were written before the sync tables exist: "
+                "call SyncClient.install() first"
+            )
+        self.hlc.observe(highest_stamp(connection))
+        self._started = True
+
+
+def highest_stamp(connection: Connection) -> int:
+    """The highest clock stamp in the log or recorded by the last merge."""
+    logged = connection.execute(sa.select(sa.func.max(schema.operations.c.hlc))).scalar()
+    merged = connection.execute(sa.select(schema.node.c.hlc)).scalar()
+    return max(logged or 0, merged or 0)
+
+
+def unpushed(connection: Connection) -> list[Operation]:
+    """Every logged operation not yet accepted by the server, in log order."""
+    ops = schema.operations.c
+    result = connection.execute(
+        sa.select(ops.id, ops.table_name, ops.row_key, ops.command, ops.hlc, ops.columns).order_by(
+            ops.id
+        )
+    )
+    return [
+        Operation(
+            order=row.id,
+            table=row.table_name,
+            key=codec.decode_key(row.row_key),
+            command=row.command,
+            hlc=row.hlc,
+            columns=frozenset(codec.decode(row.columns)) if row.columns else frozenset(),
+        )
+        for row in result
+    ]
+
+
+def attach_rows(
+    connection: Connection, models: ModelSet, changes: Sequence[Change]
+) -> list[Change]:
+    """The changes with the current row of every insert and update, ready to push.
+
+    A row that vanished without a logged delete (raw SQL) is pushed as a delete
+    if the server has it, and dropped if it was never pushed.
+    """
+    wanted: dict[str, list[Key]] = {}
+    for change in changes:
+        if change.command != DELETE and change.table in models:
+            wanted.setdefault(change.table, []).append(change.key)
+    rows = {
+        (table, key): row
+        for table, keys in wanted.items()
+        for key, row in read_rows(connection, models.get(table), keys).items()
+    }
+    ready = []
+    for change in changes:
+        if change.table not in models or not models.get(change.table).pushed:
+            continue
+        if change.command == DELETE:
+            ready.append(change)
+        elif change.row_key in rows:
+            ready.append(replace(change, values=rows[change.row_key]))
+        else:
+            logger.warning("%s row %r vanished without a logged delete", change.table, change.key)
+            if change.command == UPDATE:
+                ready.append(Change(change.table, change.key, DELETE, change.hlc))
+    return ready
+
+
+def count_unpushed(connection: Connection) -> int:
+    return connection.execute(
+        sa.select(sa.func.count()).select_from(schema.operations)
+    ).scalar_one()
+
+
+def remove_operations(connection: Connection, ids: Iterable[int]) -> None:
+    """Forget operations the server accepted."""
+    for chunk in batches(sorted(ids)):
+        connection.execute(schema.operations.delete().where(schema.operations.c.id.in_(chunk)))
+
+
+def rekey_operations(connection: Connection, table: str, old: Key, new: Key) -> None:
+    """Point the log entries of one row at its new primary key."""
+    ops = schema.operations.c
+    connection.execute(
+        schema.operations.update()
+        .where(ops.table_name == table, ops.row_key == codec.encode_key(old))
+        .values(row_key=codec.encode_key(new))
+    )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this node is to the server, and how far it has merged."""
+
+    node_id: int
+    namespace: str
+    private_key: bytes
+    server_key: bytes
+    version: int
+    hlc: int
+
+
+def load_identity(connection: Connection) -> Identity | None:
+    row = connection.execute(sa.select(schema.node)).mappings().first()
+    if row is None:
+        return None
+    return Identity(
+        node_id=row["node_id"],
+        namespace=row["namespace"],
+        private_key=row["private_key"],
+        server_key=row["server_key"],
+        version=row["version"],
+        hlc=row["hlc"],
+    )
+
+
+def save_identity(connection: Connection, identity: Identity) -> None:
+    connection.execute(schema.node.delete())
+    connection.execute(
+        schema.node.insert().values(
+            id=1,
+            node_id=identity.node_id,
+            namespace=identity.namespace,
+            private_key=identity.private_key,
+            server_key=identity.server_key,
+            version=identity.version,
+            hlc=identity.hlc,
+            registered_at=utcnow(),
+        )
+    )
+
+
+def set_position(connection: Connection, version: int, hlc: int | None = None) -> None:
+    """Record the version merged (and the highest stamp seen)."""
+    values: dict[str, Any] = {"version": version}
+    if hlc is not None:
+        current = connection.execute(sa.select(schema.node.c.hlc)).scalar() or 0
+        values["hlc"] = max(current, hlc)
+    connection.execute(schema.node.update().values(**values))
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A push published and not yet answered."""
+
+    request_id: str
+    base_version: int
+    body: bytes
+    operation_ids: tuple[int, ...]
+
+
+def save_inflight(connection: Connection, push: InFlight) -> None:
+    connection.execute(
+        schema.inflight.insert().values(
+            request_id=push.request_id,
+            base_version=push.base_version,
+            body=push.body,
+            operation_ids=codec.encode(list(push.operation_ids)),
+            created_at=utcnow(),
+        )
+    )
+
+
+def load_inflight(connection: Connection) -> InFlight | None:
+    row = connection.execute(sa.select(schema.inflight)).mappings().first()
+    if row is None:
+        return None
+    return InFlight(
+        request_id=row["request_id"],
+        base_version=row["base_version"],
+        body=row["body"],
+        operation_ids=tuple(codec.decode(row["operation_ids"])),
+    )
+
+
+def delete_inflight(connection: Connection, request_id: str) -> None:
+    connection.execute(schema.inflight.delete().where(schema.inflight.c.request_id == request_id))

@@ -1,0 +1,121 @@
+"""The sync tables, on their own MetaData objects: one for clients, one for the server.
+
+Every table is prefixed ``sync_`` so it never collides with application tables.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+client_metadata = sa.MetaData()
+"""Tables a client node keeps beside its application tables."""
+
+server_metadata = sa.MetaData()
+"""Tables the server keeps beside the central application tables."""
+
+# --- client -----------------------------------------------------------------
+
+operations = sa.Table(
+    "sync_operations",
+    client_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("table_name", sa.String(128), nullable=False),
+    sa.Column("row_key", sa.LargeBinary, nullable=False, doc="codec-encoded primary key"),
+    sa.Column("command", sa.String(1), nullable=False),
+    sa.Column("columns", sa.LargeBinary, nullable=True, doc="codec-encoded changed columns"),
+    sa.Column("hlc", sa.BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+"""The local operation log; an entry is removed once the server accepted it."""
+
+node = sa.Table(
+    "sync_node",
+    client_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("node_id", sa.Integer, nullable=False),
+    sa.Column("namespace", sa.String(64), nullable=False),
+    sa.Column("private_key", sa.LargeBinary, nullable=False),
+    sa.Column("server_key", sa.LargeBinary, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, doc="last version merged"),
+    sa.Column("hlc", sa.BigInteger, nullable=False, doc="highest clock stamp seen"),
+    sa.Column("registered_at", sa.DateTime, nullable=False),
+)
+"""This node's identity and position: a single row once registered."""
+
+inflight = sa.Table(
+    "sync_inflight",
+    client_metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("base_version", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False, doc="the exact message sent"),
+    sa.Column("operation_ids", sa.LargeBinary, nullable=False, doc="codec-encoded log ids"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""A push published but not yet settled: resent with the same request id."""
+
+# --- server -----------------------------------------------------------------
+
+head = sa.Table(
+    "sync_head",
+    server_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+"""The version counter: one row, locked by every write that makes a version."""
+
+versions = sa.Table(
+    "sync_versions",
+    server_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("node_id", sa.Integer, nullable=True, doc="null for server-side writes"),
+    sa.Column("request_id", sa.String(32), nullable=True, unique=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("operation_count", sa.Integer, nullable=False),
+    sa.Column("changes", sa.LargeBinary, nullable=False, doc="the version's packed changes"),
+)
+"""One row per accepted push or server-side write; the log in its dense form."""
+
+nodes = sa.Table(
+    "sync_nodes",
+    server_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("public_key", sa.LargeBinary, nullable=False),
+    sa.Column("user_id", sa.String(128), nullable=True),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("registered_at", sa.DateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+requests = sa.Table(
+    "sync_requests",
+    server_metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("node_id", sa.Integer, nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("digest", sa.LargeBinary(32), nullable=False, doc="SHA-256 of the signed bytes"),
+    sa.Column("reply", sa.LargeBinary, nullable=False, doc="the encoded reply"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""Requests that changed the database, with the reply sent, for idempotent redelivery."""
+
+enrollments = sa.Table(
+    "sync_enrollments",
+    server_metadata,
+    sa.Column("token_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=True),
+    sa.Column("replaces_node", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+    sa.Column("used_at", sa.DateTime, nullable=True),
+    sa.Column("node_id", sa.Integer, nullable=True),
+)
+"""One-time enrollment tokens, stored as SHA-256 hashes."""
+
+server_keys = sa.Table(
+    "sync_server_keys",
+    server_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("private_key", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""The server's Ed25519 signing key; the newest row is the one in use."""

@@ -1,0 +1,1 @@
+"""The messaging edge: RabbitMQ topology, publishing and consuming. Knows nothing of SQL."""

@@ -1,0 +1,83 @@
+"""Exchange and queue names and arguments; ``deploy/`` declares the same ones.
+
+Every name starts with the namespace, so several applications or test runs
+share one broker without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dbsync_mq.core.messages import REQUEST_KINDS
+from dbsync_mq.errors import ConfigurationError
+
+DEFAULT_NAMESPACE: Final = "dbsync"
+"""Prefix of every exchange and queue unless configured otherwise."""
+
+NODE_QUEUE_EXPIRY_MS: Final = 30 * 24 * 3600 * 1000
+"""An unused node reply queue is deleted after 30 days; the node re-creates it."""
+
+DELIVERY_LIMIT: Final = 10
+"""Deliveries of one request before it is dead-lettered (a poison message)."""
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The names and arguments of everything declared in one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    node_queue_expiry_ms: int = NODE_QUEUE_EXPIRY_MS
+    delivery_limit: int = DELIVERY_LIMIT
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE.fullmatch(self.namespace):
+            raise ConfigurationError(
+                f"namespace {self.namespace!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
+
+    @property
+    def requests_exchange(self) -> str:
+        return self.namespace
+
+    @property
+    def replies_exchange(self) -> str:
+        return f"{self.namespace}.replies"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.dead"
+
+    def request_queue(self, kind: str) -> str:
+        return f"{self.namespace}.{kind}"
+
+    @property
+    def request_queues(self) -> tuple[str, ...]:
+        return tuple(self.request_queue(kind) for kind in REQUEST_KINDS)
+
+    def node_queue(self, node_id: int) -> str:
+        return f"{self.namespace}.node.{node_id}"
+
+    @property
+    def request_queue_arguments(self) -> Mapping[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-delivery-limit": self.delivery_limit,
+        }
+
+    @property
+    def node_queue_arguments(self) -> Mapping[str, Any]:
+        return {"x-expires": self.node_queue_expiry_ms}

@@ -1,0 +1,252 @@
+"""The worker process: a consume loop around ``dbsync_mq.server.Server``.
+
+Two threads. The connection thread owns the pika connection: it pumps
+deliveries into a local queue, keeps heartbeats flowing and runs every publish
+and ack (pika is not thread-safe). The handler thread takes one delivery at a
+time, lets the server handle it (database work), then asks the connection
+thread to publish the replies and, only after they are confirmed, to settle
+the delivery. Stopping cancels the consumers first, lets the message in hand
+finish, then closes: prefetched messages not started go back to their queues.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import sqlalchemy as sa
+
+from dbsync_mq.config import WorkerConfig
+from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
+from dbsync_mq.server import Outcome, Server
+from dbsync_mq.storage.models import ModelSet
+from dbsync_mq.transport.base import Delivery, Outgoing
+from dbsync_mq.transport.rabbitmq import Consumer
+from worker.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+RET_OK: Final = 0
+"""Stopped on request after finishing the message in hand."""
+RET_CONFIG: Final = 2
+"""Bad settings, models or database schema: fix and restart."""
+RET_KILLED: Final = 3
+"""Stopped by a second signal without finishing the message in hand."""
+
+PUMP_SECONDS: Final = 0.2
+"""How long the connection thread waits for broker events per turn."""
+RECONNECT_MAX_SECONDS: Final = 30.0
+"""Longest pause between two attempts to reach the broker or the database."""
+
+StageHook = Callable[[str, str, str], None]
+
+
+def load_models(module_names: Iterable[str]) -> ModelSet:
+    """Import the models modules and collect the tracked models they define."""
+    names = tuple(module_names)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import models module {name!r}: {exc}") from exc
+    return ModelSet.in_modules(names)
+
+
+def create_server_engine(url: str) -> sa.Engine:
+    """An engine suited to the worker: stale connections are detected before use."""
+    if url.startswith("sqlite"):
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Backoff:
+    """Exponential pauses with jitter: 0.5 s, 1 s, 2 s ... up to a ceiling."""
+
+    def __init__(self, ceiling: float = RECONNECT_MAX_SECONDS) -> None:
+        self.ceiling = ceiling
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.ceiling, 0.5 * 2**self.attempt)
+        self.attempt += 1
+        jitter = float(random.uniform(0.8, 1.2))
+        return float(delay * jitter)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Worker:
+    """Serve requests until ``stop()``; ``run()`` returns an exit code."""
+
+    def __init__(self, config: WorkerConfig, *, engine: sa.Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or create_server_engine(config.database_url)
+        self.models = load_models(config.models)
+        self.metrics = Metrics()
+        self._stage_hooks: list[StageHook] = []
+        self.server = Server(
+            self.engine, self.models, settings=config.server, on_stage=self._on_stage
+        )
+        self._deliveries: queue.Queue[Delivery] = queue.Queue()
+        self.consumer = Consumer(
+            config.broker_url, config.topology, self._deliveries.put, prefetch=config.prefetch
+        )
+        self._stopping = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.connected = threading.Event()
+
+    def add_stage_hook(self, hook: StageHook) -> None:
+        """Call ``hook(stage, kind, request_id)`` at each stage of every request.
+
+        Server stages are ``before-transaction``, ``in-transaction`` and
+        ``after-commit``; the worker adds ``after-reply`` and ``after-ack``.
+        """
+        self._stage_hooks.append(hook)
+
+    def stop(self) -> None:
+        """Finish the message in hand, then return from ``run``."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # --- connection thread --------------------------------------------------------
+
+    def run(self) -> int:
+        handler = threading.Thread(target=self._handle_loop, name="dbsync-handler", daemon=True)
+        handler.start()
+        backoff = Backoff()
+        try:
+            while not self.stopping:
+                try:
+                    self._serve_connection(backoff)
+                except BrokerUnavailable as exc:
+                    self.connected.clear()
+                    self.consumer.close()
+                    delay = backoff.next_delay()
+                    logger.warning("broker unavailable (%s); reconnecting in %.1f s", exc, delay)
+                    self._stopping.wait(delay)
+        finally:
+            self.consumer.close()
+            self.connected.clear()
+            handler.join(timeout=60)
+        logger.info("worker stopped")
+        return RET_OK
+
+    def _serve_connection(self, backoff: Backoff) -> None:
+        self.consumer.connect()
+        backoff.reset()
+        self.connected.set()
+        logger.info("consuming %s", ", ".join(self.config.topology.request_queues))
+        while not self.stopping:
+            self.consumer.pump(PUMP_SECONDS)
+        self.consumer.stop_consuming()
+        while not self._idle.is_set():
+            self.consumer.pump(PUMP_SECONDS)
+
+    # --- handler thread -----------------------------------------------------------
+
+    def _handle_loop(self) -> None:
+        while not self.stopping:
+            try:
+                delivery = self._deliveries.get(timeout=PUMP_SECONDS)
+            except queue.Empty:
+                continue
+            if delivery.channel_generation != self.consumer.generation:
+                continue  # its channel is gone; the broker redelivers it
+            self._idle.clear()
+            try:
+                self._process(delivery)
+            except BrokerUnavailable as exc:
+                logger.warning(
+                    "could not settle %s (%s); it will be redelivered",
+                    delivery.message.message_id,
+                    exc,
+                )
+            except Exception:
+                logger.exception("unexpected failure handling %s", delivery.message.message_id)
+            finally:
+                self._idle.set()
+
+    def _process(self, delivery: Delivery) -> None:
+        started = time.perf_counter()
+        outcome = self._handle(delivery)
+        if outcome is None:
+            self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
+            return
+        self._publish(outcome.outgoing)
+        self._on_stage("after-reply", outcome.kind, outcome.request_id or "")
+        self.consumer.call(lambda: self.consumer.settle(delivery, outcome.disposition))
+        self._on_stage("after-ack", outcome.kind, outcome.request_id or "")
+        self._log(delivery, outcome, time.perf_counter() - started)
+
+    def _handle(self, delivery: Delivery) -> Outcome | None:
+        """The server's outcome, retrying while the database is unavailable.
+
+        Returns ``None`` if asked to stop meanwhile: the message is requeued.
+        """
+        backoff = Backoff()
+        while True:
+            try:
+                return self.server.handle(delivery.message)
+            except DatabaseUnavailable as exc:
+                delay = backoff.next_delay()
+                logger.warning(
+                    "database unavailable (%s); retrying %s in %.1f s",
+                    exc,
+                    delivery.message.message_id,
+                    delay,
+                )
+                self.metrics.database_retries.inc()
+            except Exception as exc:
+                logger.exception("handling %s failed", delivery.message.message_id)
+                return Outcome(
+                    "dead-letter", (), f"{type(exc).__name__}: {exc}", delivery.message.kind
+                )
+            if self._stopping.wait(delay):
+                return None
+
+    def _publish(self, outgoing: Iterable[Outgoing]) -> None:
+        if isinstance(outgoing, (list, tuple)):
+            items = list(outgoing)
+
+            def publish_all() -> None:
+                for item in items:
+                    self.consumer.publish(item)
+
+            self.consumer.call(publish_all)
+            return
+        for item in outgoing:  # streamed chunks: one at a time, never all in memory
+            self.consumer.call(lambda item=item: self.consumer.publish(item))  # type: ignore[misc]
+
+    def _on_stage(self, stage: str, kind: str, request_id: str) -> None:
+        for hook in self._stage_hooks:
+            hook(stage, kind, request_id)
+
+    def _log(self, delivery: Delivery, outcome: Outcome, seconds: float) -> None:
+        self.metrics.observe(
+            outcome.kind or delivery.message.kind, outcome.disposition, outcome.code, seconds
+        )
+        if outcome.version is not None:
+            self.metrics.head_version.set(outcome.version)
+        level = logging.WARNING if outcome.disposition == "dead-letter" else logging.INFO
+        logger.log(
+            level,
+            "%s %s node=%s -> %s%s%s in %.1f ms",
+            outcome.kind or delivery.message.kind,
+            outcome.request_id or "-",
+            delivery.message.headers.get("node", "-"),
+            outcome.disposition,
+            f" version={outcome.version}" if outcome.version is not None else "",
+            f" ({outcome.code or 'refused'}: {outcome.reason})" if outcome.reason else "",
+            seconds * 1000,
+        )
