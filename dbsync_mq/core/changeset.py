@@ -12,10 +12,10 @@ decoder checks every field's shape and raises ``ProtocolError`` naming it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from dbsync_mq.core import codec
-from dbsync_mq.core.model import COMMANDS, Change, Key
+from dbsync_mq.core.model import COMMANDS, Change, Command, Key
 from dbsync_mq.errors import CodecError, ProtocolError
 
 _NAME_LIMIT = 128
@@ -82,7 +82,7 @@ def _decode_row(table: str, columns: Sequence[str], row: Any) -> Change:
     if not isinstance(row, list) or len(row) != 5:
         raise ProtocolError(f"changes: a row of {table!r} is [command, key, hlc, clocks, values]")
     command, key, hlc, clocks, values = row
-    if command not in COMMANDS:
+    if not _is_command(command):
         raise ProtocolError(f"changes: unknown command {command!r} in {table!r}")
     if not isinstance(hlc, int) or isinstance(hlc, bool) or hlc < 0:
         raise ProtocolError(f"changes: hlc of a row of {table!r} must be a non-negative integer")
@@ -127,11 +127,21 @@ def _decode_clocks(table: str, columns: Sequence[str], clocks: Any) -> dict[str,
         raise ProtocolError(f"changes: clocks of a row of {table!r} must be a map")
     decoded: dict[str, int] = {}
     for position, hlc in clocks.items():
-        valid_position = isinstance(position, int) and 0 <= position < len(columns)
-        if not valid_position or not isinstance(hlc, int) or isinstance(hlc, bool):
+        valid_position = _is_count(position) and position < len(columns)
+        if not valid_position or not _is_count(hlc):
             raise ProtocolError(f"changes: invalid column clock in a row of {table!r}")
         decoded[columns[position]] = hlc
     return decoded
+
+
+def _is_command(value: Any) -> TypeGuard[Command]:
+    # Checked as a string first: an array or a map is unhashable, and `in` would raise.
+    return isinstance(value, str) and value in COMMANDS
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative integer; bool is an int subclass but not one."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_name(value: Any) -> bool:

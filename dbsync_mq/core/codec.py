@@ -18,6 +18,8 @@ int         7    decimal string, for integers beyond 64 bits
 Tuples travel as arrays and come back as lists. Aware datetimes and times come
 back with a fixed-offset ``timezone``: the instant and the offset are exact, the
 zone's name is not carried. Anything else is refused with ``CodecError``.
+msgpack's own timestamp extension (-1), which this codec never writes, decodes
+as an aware UTC datetime, so no msgpack-specific type reaches the caller.
 """
 
 from __future__ import annotations
@@ -158,7 +160,10 @@ def encode(value: Any) -> bytes:
 def decode(data: bytes) -> Any:
     """Deserialize bytes produced by ``encode``; raise ``CodecError`` on bad input."""
     try:
-        return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+        # msgpack decodes ext -1 itself, bypassing ext_hook; timestamp=3 makes it a datetime.
+        return msgpack.unpackb(
+            data, raw=False, ext_hook=_ext_hook, strict_map_key=False, timestamp=3
+        )
     except CodecError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage input

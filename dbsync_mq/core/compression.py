@@ -77,10 +77,10 @@ def _next_local_state(row: RowKey, state: _State, command: Command) -> _State:
         command,
         state,
     )
-    if command == INSERT:
-        # The row exists again: it is new to the server only if it never existed there.
-        return INSERT if state == _GONE else UPDATE
-    return state
+    if command == DELETE:
+        return state
+    # The row exists now: it is new to the server only if it never existed there.
+    return INSERT if state in (INSERT, _GONE) else UPDATE
 
 
 def compress_local(operations: Iterable[Operation]) -> list[Change]:

@@ -413,7 +413,7 @@ def _check_unique(planner: _Planner) -> None:
             if any(value is None for value in values):
                 continue
             holder = planner.data.unique_holders.get((key[0], columns, values))
-            if holder is None or holder == key[1]:
+            if holder is None or (holder == key[1] and not _moved_away(plan, key)):
                 continue
             holder_key = (key[0], holder)
             if _releases(plan, written, holder_key, columns, values):
@@ -424,6 +424,11 @@ def _check_unique(planner: _Planner) -> None:
         raise UniqueConstraintError(clashes)
 
 
+def _moved_away(plan: MergePlan, row: RowKey) -> bool:
+    """Whether the local row that had this key moved to a fresh key (insert collision)."""
+    return any(rekey.table == row[0] and rekey.old == row[1] for rekey in plan.rekeys)
+
+
 def _releases(
     plan: MergePlan,
     written: Mapping[RowKey, Row],
@@ -432,10 +437,9 @@ def _releases(
     values: tuple[Any, ...],
 ) -> bool:
     """Whether the merge takes ``values`` away from the row now holding them."""
+    if _moved_away(plan, holder):
+        return False
     if holder in plan.deletes:
         return True
-    moved_away = any(rekey.table == holder[0] and rekey.old == holder[1] for rekey in plan.rekeys)
-    if moved_away:
-        return False
     new_row = written.get(holder)
     return new_row is not None and tuple(new_row.get(c) for c in columns) != values

@@ -67,7 +67,9 @@ def open_envelope(body: bytes, max_bytes: int) -> tuple[bytes, bytes]:
     if len(body) > max_bytes:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        parts = msgpack.unpackb(body, raw=True, max_array_len=2, max_map_len=0, max_ext_len=0)
+        # raw=False keeps msgpack str items apart from bin ones: with raw=True a str header
+        # swapped in for a bin one would open, and verify, as the untouched envelope.
+        parts = msgpack.unpackb(body, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
     except Exception:
         raise ProtocolError("message body is not an envelope") from None
     if (

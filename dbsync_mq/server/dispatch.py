@@ -32,6 +32,7 @@ from dbsync_mq.server.register import register_node
 from dbsync_mq.storage.engine import prepare, read_transaction, write_transaction
 from dbsync_mq.storage.models import ModelSet
 from dbsync_mq.transport.base import Message, Outgoing
+from dbsync_mq.transport.topology import is_direct_reply_address
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ StageHook = Callable[[str, str, str], None]
 ``after-commit``), the request kind and its id: for tracing and fault injection."""
 
 REPLY_KIND: Final = messages.REPLY
+MAX_NODE_ID: Final = 2**31 - 1
+"""Largest node id: ``sync_nodes.id`` is a 32-bit integer column."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +153,13 @@ class Server:
         return request, node
 
     def _check_window(self, request: Request) -> None:
-        skew = abs(self.clock() * 1000 - request.timestamp_ms) / 1000
-        if skew > self.settings.request_window_seconds:
+        # Integer milliseconds: a forged timestamp may be any integer, even past float range.
+        skew_ms = abs(int(self.clock() * 1000) - request.timestamp_ms)
+        window = self.settings.request_window_seconds
+        if skew_ms > window * 1000:
             raise RequestRefused(
                 "stale-request",
-                f"request time is {skew:.0f} s from the server's; nothing was applied",
+                f"request time is more than {window:.0f} s from the server's; nothing was applied",
             )
 
     # --- handlers -------------------------------------------------------------
@@ -202,6 +207,7 @@ class Server:
         )
 
     def _ping(self, request: Request, _signed: bytes) -> Outcome:
+        self._check_window(request)
         with read_transaction(self.engine) as connection:
             head = state.read_head(connection)
         reply = self._seal(request, {"version": head})
@@ -211,8 +217,11 @@ class Server:
 
     def _register(self, message: Message, signed: bytes, signature: bytes) -> Outcome:
         request = messages.decode_request(signed)
-        if request.kind != messages.REGISTER or not message.reply_to:
+        reply_to = message.reply_to
+        if request.kind != messages.REGISTER or reply_to is None:
             raise ProtocolError("a registration needs a reply-to address")
+        if not is_direct_reply_address(reply_to):
+            raise ProtocolError("a registration is answered through direct reply-to only")
         public_key = signing.load_public_key(request.body["public_key"])
         signing.verify(signed, signature, public_key)
 
@@ -231,7 +240,7 @@ class Server:
             reply = self._seal_error(request, exc.code, exc.reason)
             return Outcome(
                 "ack",
-                [self._direct(request, message.reply_to, reply)],
+                [self._direct(request, reply_to, reply)],
                 exc.reason,
                 request.kind,
                 request_id=request.request_id,
@@ -239,7 +248,7 @@ class Server:
             )
         return Outcome(
             "ack",
-            [self._direct(request, message.reply_to, reply)],
+            [self._direct(request, reply_to, reply)],
             kind=request.kind,
             request_id=request.request_id,
         )
@@ -321,9 +330,12 @@ def _header_node(message: Message) -> int:
     value = message.headers.get("node")
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    if isinstance(value, str) and value.isdigit():
+    # ASCII digits only: str.isdigit() also accepts superscripts (int() refuses them) and
+    # other scripts' digits (int() reads them); a bounded length, so int() never sees
+    # thousands of digits.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_NODE_ID:
         raise ProtocolError("the message has no valid node header")
     return value
 

@@ -18,13 +18,14 @@ from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.changeset import decode_changes
 from dbsync_mq.core.messages import Request
-from dbsync_mq.core.model import DELETE, Change
+from dbsync_mq.core.model import DELETE, Change, RowKey
 from dbsync_mq.errors import ProtocolError, RequestRefused
 from dbsync_mq.server import state
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import apply_changes
 from dbsync_mq.storage.local import utcnow
 from dbsync_mq.storage.models import ModelSet
+from dbsync_mq.storage.unique import find_moves
 from dbsync_mq.storage.values import check_row
 
 PULL_REQUIRED = "pull-required"
@@ -77,6 +78,24 @@ def check_change(models: ModelSet, change: Change) -> None:
         raise RequestRefused("malformed", f"{change.table}: row does not match key {change.key!r}")
 
 
+def _moving_rows(
+    connection: Connection, models: ModelSet, changes: Sequence[Change]
+) -> set[RowKey]:
+    """Rows whose unique values pass to other rows of the push; refuse real clashes."""
+    writes = {c.row_key: c.values for c in changes if c.command != DELETE and c.values}
+    deletes = {c.row_key for c in changes if c.command == DELETE}
+    moving, clashes = find_moves(connection, models, writes, deletes)
+    if clashes:
+        clash = clashes[0]
+        held = dict(zip(clash.columns, clash.values, strict=True))
+        raise RequestRefused(
+            "constraint-violation",
+            f"{clash.table} row {clash.writer!r} takes {held} from row {clash.holder!r}, "
+            "which keeps it",
+        )
+    return moving
+
+
 def apply_push(
     connection: Connection,
     models: ModelSet,
@@ -100,10 +119,19 @@ def apply_push(
     if base != head:
         raise RequestRefused(PULL_REQUIRED, f"the server is at version {head}, the node at {base}")
     try:
-        apply_changes(connection, models, changes)
+        apply_changes(connection, models, changes, _moving_rows(connection, models, changes))
+    # Raising rolls the whole transaction back: nothing of the push stays.
     except sa.exc.IntegrityError as exc:
-        # Raising rolls the whole transaction back: nothing of the push stays.
-        raise RequestRefused("constraint-violation", str(exc.orig)[:500]) from None
+        raise RequestRefused("constraint-violation", _describe(exc.orig)) from None
+    except sa.exc.DataError as exc:  # out of range, NUL in text, too long for the column...
+        raise RequestRefused("invalid-value", _describe(exc.orig)) from None
+    except sa.exc.DBAPIError:
+        raise  # a lost connection and the like: the worker retries, it does not refuse
+    except (sa.exc.StatementError, OverflowError, RecursionError, TypeError) as exc:
+        # The driver or a column type could not convert a value that passed the type
+        # check (an integer beyond 64 bits for SQLite, bytes or a too deep value for
+        # JSON); SQLAlchemy wraps some of these errors, psycopg raises them as they are.
+        raise RequestRefused("invalid-value", _describe(getattr(exc, "orig", exc))) from None
     version = head + 1
     connection.execute(
         schema.versions.insert().values(
@@ -121,3 +149,12 @@ def apply_push(
         connection, request.request_id, request.node_id, request.kind, digest, reply
     )
     return Accepted(version=version, reply=reply)
+
+
+def _describe(error: BaseException | None) -> str:
+    """A short reason for the node; some exceptions cannot even be turned into text."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    return f"{type(error).__name__}: {text}"[:500]

@@ -8,13 +8,16 @@ one ``executemany``, never a round trip per row.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Key, Row
+from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.values import to_wire
 
@@ -56,26 +59,149 @@ def existing_keys(connection: Connection, model: TrackedModel, keys: Iterable[Ke
     return found
 
 
-def apply_changes(connection: Connection, models: ModelSet, changes: Iterable[Change]) -> None:
+@dataclass
+class RowWrites:
+    """Row states to reach: rows to insert, to update, to delete, and rows to move.
+
+    ``moving`` names rows whose unique values pass to other rows of the same
+    batch: they are deleted first (with every row that references them lifted
+    out and put back), then inserted with their new values.
+    """
+
+    inserts: dict[RowKey, Row] = field(default_factory=dict)
+    updates: dict[RowKey, Row] = field(default_factory=dict)
+    deletes: set[RowKey] = field(default_factory=set)
+    moving: set[RowKey] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, changes: Iterable[Change], moving: AbstractSet[RowKey] = frozenset()) -> RowWrites:
+        writes = cls(moving=set(moving))
+        for change in changes:
+            if change.command == DELETE:
+                writes.deletes.add(change.row_key)
+            elif change.command == INSERT:
+                writes.inserts[change.row_key] = change.values or {}
+            else:
+                writes.updates[change.row_key] = change.values or {}
+        return writes
+
+
+def apply_changes(
+    connection: Connection,
+    models: ModelSet,
+    changes: Iterable[Change],
+    moving: AbstractSet[RowKey] = frozenset(),
+) -> None:
     """Apply row changes in foreign-key order, one batched statement per table and kind."""
-    grouped: dict[tuple[str, str], list[Change]] = defaultdict(list)
-    for change in changes:
-        grouped[change.table, change.command].append(change)
-    for model in models.order:
-        if inserts := grouped.get((model.name, INSERT)):
-            insert_rows(connection, model, [change.values or {} for change in inserts])
-    for model in models.order:
-        if updates := grouped.get((model.name, UPDATE)):
-            update_rows(connection, model, [change.values or {} for change in updates])
-    for model in reversed(models.order):
-        if deletes := grouped.get((model.name, DELETE)):
-            delete_rows(connection, model, [change.key for change in deletes])
+    write_rows(connection, models, RowWrites.of(changes, moving))
+
+
+def write_rows(connection: Connection, models: ModelSet, writes: RowWrites) -> None:
+    """Reach the row states of ``writes``: inserts parents first, then updates, then
+    deletes children first; moving rows (and what references them) go out first."""
+    inserts, updates, deletes = dict(writes.inserts), dict(writes.updates), set(writes.deletes)
+    if writes.moving:
+        lifted = _lift_out(connection, models, writes.moving)
+        for key in writes.moving | lifted.keys():
+            final = inserts.pop(key, None) or updates.pop(key, None)
+            if final is None and key not in deletes:
+                final = lifted.get(key)
+            deletes.discard(key)
+            if final is not None:
+                inserts[key] = final
+    _in_table_order(models.order, _group_rows(inserts), partial(insert_rows, connection))
+    _in_table_order(models.order, _group_rows(updates), partial(update_rows, connection))
+    doomed = _group_keys(deletes)
+    _in_table_order(reversed(models.order), doomed, partial(delete_rows, connection))
+
+
+def _in_table_order(
+    order: Iterable[TrackedModel],
+    grouped: Mapping[str, Sequence[Any]],
+    write: Callable[[TrackedModel, Sequence[Any]], None],
+) -> None:
+    for model in order:
+        if model.name in grouped:
+            write(model, grouped[model.name])
+
+
+def _lift_out(
+    connection: Connection, models: ModelSet, keys: AbstractSet[RowKey]
+) -> dict[RowKey, Row]:
+    """Delete ``keys`` and, deepest first, every row that references them; return the
+    referencing rows as they were, to be put back."""
+    levels: list[dict[RowKey, Row]] = []
+    seen = set(keys)
+    frontier = set(keys)
+    while frontier:
+        level: dict[RowKey, Row] = {}
+        for table, parents in _group_keys(frontier).items():
+            for ref in models.schema.references_to(table):
+                child = models.get(ref.table)
+                column = child.table.c[ref.columns[0]]
+                for chunk in batches(parents):
+                    rows = connection.execute(sa.select(child.table).where(column.in_(chunk)))
+                    for row in rows.mappings():
+                        values = {name: to_wire(value) for name, value in row.items()}
+                        level.setdefault((child.name, child.key_of(values)), values)
+        level = {key: row for key, row in level.items() if key not in seen}
+        seen.update(level)
+        if level:
+            levels.append(level)
+        frontier = set(level)
+    for level in reversed(levels):
+        _delete_keys(connection, models, level.keys())
+    _delete_keys(connection, models, keys)
+    return {key: row for level in levels for key, row in level.items()}
+
+
+def _delete_keys(connection: Connection, models: ModelSet, keys: Iterable[RowKey]) -> None:
+    _in_table_order(reversed(models.order), _group_keys(keys), partial(delete_rows, connection))
+
+
+def _group_rows(rows: Mapping[RowKey, Row]) -> dict[str, list[Row]]:
+    grouped: dict[str, list[Row]] = defaultdict(list)
+    for (table, _key), row in rows.items():
+        grouped[table].append(row)
+    return grouped
+
+
+def _group_keys(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
+    grouped: dict[str, list[Key]] = defaultdict(list)
+    for table, key in keys:
+        grouped[table].append(key)
+    return grouped
 
 
 def insert_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:
-    """Insert ``rows``, grouped by the set of columns they carry."""
+    """Insert ``rows``, grouped by the set of columns they carry (parents first in a tree)."""
+    if model.self_references and len(rows) > 1:
+        for row in _parents_first(model, rows):
+            connection.execute(model.table.insert(), [row])
+        return
     for group in _by_columns(rows).values():
         connection.execute(model.table.insert(), group)
+
+
+def _parents_first(model: TrackedModel, rows: Sequence[Row]) -> list[Row]:
+    """Rows of a self-referencing table ordered so that a row follows the rows it references."""
+    by_key = {model.key_of(row): row for row in rows}
+    ordered: list[Row] = []
+    placed: set[Key] = set()
+
+    def place(key: Key, path: frozenset[Key]) -> None:
+        if key in placed or key in path:
+            return  # placed already, or a cycle: the database will say so
+        for column in model.self_references:
+            parent = by_key[key].get(column)
+            if parent in by_key:
+                place(parent, path | {key})
+        placed.add(key)
+        ordered.append(by_key[key])
+
+    for key in by_key:
+        place(key, frozenset())
+    return ordered
 
 
 def update_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:

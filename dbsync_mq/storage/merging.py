@@ -13,18 +13,11 @@ from dbsync_mq.core import codec
 from dbsync_mq.core.merge import MergeInput, MergePlan, Rekey
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.apply import (
-    batches,
-    delete_rows,
-    existing_keys,
-    insert_rows,
-    read_rows,
-    update_rows,
-)
+from dbsync_mq.storage.apply import RowWrites, batches, existing_keys, read_rows, write_rows
 from dbsync_mq.storage.engine import is_sqlite
 from dbsync_mq.storage.local import rekey_operations
 from dbsync_mq.storage.models import ModelSet, TrackedModel
-from dbsync_mq.storage.values import to_wire
+from dbsync_mq.storage.unique import rows_holding
 
 
 def _by_table(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
@@ -74,29 +67,9 @@ def _unique_holders(
         for columns in shape.unique if rows else ():
             wanted = {tuple(row.get(c) for c in columns) for row in rows}
             wanted = {values for values in wanted if None not in values}
-            for key, values in _rows_holding(connection, model, columns, wanted):
+            for key, values in rows_holding(connection, model, columns, wanted):
                 holders[model.name, columns, values] = key
     return holders
-
-
-def _rows_holding(
-    connection: Connection,
-    model: TrackedModel,
-    columns: tuple[str, ...],
-    wanted: Iterable[tuple[Any, ...]],
-) -> Iterable[tuple[Key, tuple[Any, ...]]]:
-    table = model.table
-    keys = [table.c[name] for name in model.key_columns]
-    targets = [table.c[name] for name in columns]
-    for chunk in batches(list(wanted)):
-        condition = (
-            targets[0].in_([values[0] for values in chunk])
-            if len(targets) == 1
-            else sa.tuple_(*targets).in_(chunk)
-        )
-        for row in connection.execute(sa.select(*keys, *targets).where(condition)):
-            key = row[0] if len(keys) == 1 else tuple(row[: len(keys)])
-            yield key, tuple(to_wire(value) for value in row[len(keys) :])
 
 
 def _next_keys(
@@ -139,33 +112,11 @@ def apply_plan(
         connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
     for rekey in plan.rekeys:
         _move_row(connection, models.get(rekey.table), rekey)
-    for table, keys in _by_table(plan.deleted_first).items():
-        delete_rows(connection, models.get(table), keys)
-    inserts = dict(plan.inserts)
-    updates: dict[RowKey, Row] = {}
-    for key, row in plan.updates.items():
-        (inserts if key in plan.deleted_first else updates)[key] = row
-    _write(connection, models, inserts, insert_rows)
-    _write(connection, models, updates, update_rows)
-    for model in reversed(models.order):
-        keys = [key for (table, key) in plan.deletes if table == model.name]
-        if keys:
-            delete_rows(connection, model, keys)
+    writes = RowWrites(
+        dict(plan.inserts), dict(plan.updates), set(plan.deletes), set(plan.deleted_first)
+    )
+    write_rows(connection, models, writes)
     _edit_log(connection, plan, stamp)
-
-
-def _write(
-    connection: Connection,
-    models: ModelSet,
-    rows: Mapping[RowKey, Row],
-    write: Callable[[Connection, TrackedModel, Sequence[Row]], None],
-) -> None:
-    grouped: dict[str, list[Row]] = defaultdict(list)
-    for (table, _key), row in rows.items():
-        grouped[table].append(row)
-    for model in models.order:
-        if model.name in grouped:
-            write(connection, model, grouped[model.name])
 
 
 def _move_row(connection: Connection, model: TrackedModel, rekey: Rekey) -> None:

@@ -51,6 +51,15 @@ class TrackedModel:
         """Whether the server sends this model's rows to clients."""
         return self.direction in ("both", "pull")
 
+    @property
+    def self_references(self) -> tuple[str, ...]:
+        """Columns referencing this same table's key (a tree: parent ids)."""
+        return tuple(
+            constraint.columns[0].name
+            for constraint in self.table.foreign_key_constraints
+            if constraint.referred_table is self.table and len(constraint.columns) == 1
+        )
+
     def key_of(self, row: Mapping[str, Any]) -> Key:
         """The primary key of ``row`` (a tuple for composite keys)."""
         if len(self.key_columns) == 1:

@@ -25,7 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from dbsync_mq.core.messages import REQUEST_KINDS
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, SyncTimeout
 from dbsync_mq.transport.base import CONTENT_TYPE, Delivery, Message, Outgoing
-from dbsync_mq.transport.topology import Topology
+from dbsync_mq.transport.topology import DIRECT_REPLY_TO, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ HEARTBEAT_SECONDS: Final = 30
 CONNECT_TIMEOUT_SECONDS: Final = 5.0
 """Time allowed to open a connection before the broker counts as unavailable."""
 
-DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 _POLL_SECONDS: Final = 0.2
 
 

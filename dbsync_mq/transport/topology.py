@@ -23,6 +23,19 @@ NODE_QUEUE_EXPIRY_MS: Final = 30 * 24 * 3600 * 1000
 DELIVERY_LIMIT: Final = 10
 """Deliveries of one request before it is dead-lettered (a poison message)."""
 
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+"""RabbitMQ's pseudo-queue for answers without a queue of one's own (registration)."""
+
+
+def is_direct_reply_address(address: str) -> bool:
+    """Whether ``address`` is a direct reply-to address as the broker rewrites it.
+
+    The worker answers registrations only there: a request naming any other queue
+    would make the worker publish into it.
+    """
+    return address.startswith(DIRECT_REPLY_TO + ".")
+
+
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
