@@ -22,6 +22,7 @@ from dbsync_mq.errors import (
     DatabaseUnavailable,
     MergeError,
     NotRegistered,
+    PendingChanges,
     ProtocolError,
     PullRequired,
     PushRejected,
@@ -33,7 +34,7 @@ from dbsync_mq.errors import (
     TrackingError,
     UniqueConstraintError,
 )
-from dbsync_mq.results import PingResult, PullResult, PushResult, SyncResult
+from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
 from dbsync_mq.storage.tracking import track, untracked
 
 __all__ = [
@@ -45,12 +46,14 @@ __all__ = [
     "DatabaseUnavailable",
     "MergeError",
     "NotRegistered",
+    "PendingChanges",
     "PingResult",
     "ProtocolError",
     "PullRequired",
     "PullResult",
     "PushRejected",
     "PushResult",
+    "RepairResult",
     "ReplyRejected",
     "RequestRefused",
     "SignatureError",

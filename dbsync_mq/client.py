@@ -8,8 +8,9 @@
 
 Local writes never wait for the network: they are logged in their own
 transaction by the change capture, whatever the state of the broker. The
-network is only used by ``register``, ``push``, ``pull``, ``sync`` and ``ping``,
-which raise ``BrokerUnavailable`` when offline and can simply be called again.
+network is used by ``register``, ``push``, ``pull``, ``sync``, ``repair``,
+``query`` and ``ping``, which raise ``BrokerUnavailable`` when offline and can
+simply be called again.
 """
 
 from __future__ import annotations
@@ -18,43 +19,49 @@ import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import attributes, make_transient_to_detached
 
+from dbsync_mq import channel
+from dbsync_mq.channel import NodeChannel
 from dbsync_mq.config import DEFAULT_BROKER_URL, MAX_MESSAGE_BYTES, REQUEST_TIMEOUT_SECONDS
 from dbsync_mq.core import messages, signing
 from dbsync_mq.core.changeset import decode_changes, encode_changes
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Policy, check_policy, plan_merge
-from dbsync_mq.core.messages import Reply, Request
+from dbsync_mq.core.messages import Reply
 from dbsync_mq.core.model import DELETE, Change, RowKey
 from dbsync_mq.errors import (
     ConfigurationError,
     MergeError,
     NotRegistered,
-    ProtocolError,
+    PendingChanges,
     PullRequired,
     PushRejected,
-    ReplyRejected,
-    SignatureError,
     UniqueConstraintError,
 )
-from dbsync_mq.results import PingResult, PullResult, PushResult, SyncResult
+from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
 from dbsync_mq.storage import local, schema, tracking
+from dbsync_mq.storage.apply import delete_all, insert_rows
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
 from dbsync_mq.storage.merging import apply_plan, load_merge_input
-from dbsync_mq.storage.models import ModelSet
-from dbsync_mq.transport.base import Message
+from dbsync_mq.storage.models import ModelSet, tracked_model
 from dbsync_mq.transport.rabbitmq import BrokerClient
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Topology
 
 logger = logging.getLogger(__name__)
 
+M = TypeVar("M")
+
 MAX_SYNC_ATTEMPTS = 5
 """Push attempts ``sync`` makes before giving up when other nodes keep pushing first."""
+
+Progress = Callable[[str, int, int], None]
+"""``progress(table, rows_received, rows_in_table)`` during a repair."""
 
 
 class SyncClient:
@@ -120,26 +127,22 @@ class SyncClient:
             existing = self._load_identity()
             if existing is not None:
                 raise ConfigurationError(f"this database is already node {existing.node_id}")
-            messages.check_extra_data(extra_data)
             seed = os.urandom(signing.SEED_BYTES)
-            key = signing.private_key_from_seed(seed)
-            request = self._request(
-                messages.REGISTER,
-                0,
-                {"token": token, "public_key": signing.public_key_bytes(key)},
+            identity = channel.register(
+                self._broker,
+                token,
+                seed,
+                self.topology.namespace,
+                self.timeout,
                 extra_data,
+                self._clock,
             )
-            answer = self._broker.call_direct(
-                _message(request, signing.seal(messages.encode_request(request), key)), self.timeout
-            )
-            node_id, server_key = _accept_registration(answer, request, token)
-            identity = local.Identity(node_id, self.topology.namespace, seed, server_key, 0, 0)
             with write_transaction(self.engine) as connection:
                 local.save_identity(connection, identity)
             self._identity = identity
-            self._broker.ensure_node_queue(node_id)
-            logger.info("registered as node %s", node_id)
-            return node_id
+            self._broker.ensure_node_queue(identity.node_id)
+            logger.info("registered as node %s", identity.node_id)
+            return identity.node_id
 
     # --- sync ---------------------------------------------------------------------
 
@@ -167,44 +170,137 @@ class SyncClient:
         """Send the local changes; ``PullRequired`` if the server has changes to merge first."""
         with self._lock:
             messages.check_extra_data(extra_data)
-            identity = self._require_identity()
-            self._settle_inflight(identity)
+            self._settle_inflight()
             identity = self._require_identity()
             prepared = self._prepare_push(identity, extra_data)
             if prepared is None:
                 return PushResult(identity.version, 0)
             push, count = prepared
-            self._publish(identity, push.request_id, messages.PUSH, push.body)
-            reply = self._single_reply(identity, messages.PUSH, push.request_id)
-            return self._settle(push, reply, count)
+            node = self._channel()
+            node.send(messages.PUSH, push.request_id, push.body)
+            return self._settle(push, count)
 
     def pull(self, *, extra_data: Mapping[str, Any] | None = None) -> PullResult:
         """Fetch and merge the server's changes since the last merged version."""
         with self._lock:
-            messages.check_extra_data(extra_data)
-            identity = self._require_identity()
-            self._settle_inflight(identity)
+            self._settle_inflight()
             identity = self._require_identity()
             with read_transaction(self.engine) as connection:
                 deleted = [
                     c for c in compress_local(local.unpushed(connection)) if c.command == DELETE
                 ]
             body = {"since": identity.version, "deleted": encode_changes(deleted)}
-            request = self._request(messages.PULL, identity.node_id, body, extra_data)
-            self._publish(identity, request.request_id, messages.PULL, self._seal(request))
-            version, changes, parents, own = self._collect_pull(identity, request.request_id)
+            _rid, replies = self._channel().call(messages.PULL, body, extra_data)
+            version = identity.version
+            changes: list[Change] = []
+            parents: dict[RowKey, Any] = {}
+            own: set[str] = set()
+            for reply in replies:
+                version = reply.body["version"]
+                changes.extend(decode_changes(reply.body["changes"]))
+                parents.update((c.row_key, c.values) for c in decode_changes(reply.body["parents"]))
+                own.update(str(entry[1]) for entry in reply.body["versions"] if len(entry) == 2)
             return self._merge(identity, version, changes, parents, own)
+
+    # --- other requests -------------------------------------------------------------
+
+    def repair(
+        self,
+        *,
+        force: bool = False,
+        extra_data: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> RepairResult:
+        """Replace the local tables with the server's, atomically, and continue from there.
+
+        Refuses with ``PendingChanges`` while local changes wait to be pushed,
+        unless ``force=True`` discards them. Streamed: memory stays bounded
+        whatever the size of the tables. Push-only tables are left as they are.
+        """
+        with self._lock:
+            with read_transaction(self.engine) as connection:
+                pending = [
+                    (c.table, c.key, c.command) for c in compress_local(local.unpushed(connection))
+                ]
+            if pending and not force:
+                raise PendingChanges(pending)
+            if not force:
+                self._settle_inflight()
+            _rid, replies = self._channel().call(messages.REPAIR, {}, extra_data)
+            with write_transaction(self.engine) as connection:
+                result = self._replace_tables(connection, replies, progress)
+                connection.execute(schema.operations.delete())
+                connection.execute(schema.inflight.delete())
+                local.set_position(connection, result.version)
+            self._identity = None
+            if pending:
+                logger.warning("repair discarded %d local changes never pushed", len(pending))
+            return RepairResult(result.version, result.rows, len(pending))
+
+    def _replace_tables(
+        self, connection: Connection, replies: Iterable[Reply], progress: Progress | None
+    ) -> RepairResult:
+        pulled = [model for model in self.models if model.pulled]
+        delete_all(connection, pulled)
+        version, rows, done = 0, 0, dict.fromkeys((m.name for m in pulled), 0)
+        for reply in replies:
+            version = reply.body["version"]
+            table = reply.body["table"]
+            if table is None:
+                continue
+            model = self.models.get(table)
+            received = [change.values or {} for change in decode_changes(reply.body["rows"])]
+            insert_rows(connection, model, received)
+            rows += len(received)
+            done[table] = done.get(table, 0) + len(received)
+            if progress is not None:
+                progress(table, done[table], reply.body["total"])
+        return RepairResult(version, rows)
+
+    def query(
+        self,
+        model: type[M],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        extra_data: Mapping[str, Any] | None = None,
+        **filters: Any,
+    ) -> list[M]:
+        """Rows of ``model`` on the server whose attributes equal ``filters``.
+
+        Returns detached objects (not added to any session), ordered by key, at
+        most ``limit`` (and at most 1,000) from ``offset``.
+        """
+        tracked = tracked_model(model)
+        columns = {attr: name for name, attr in tracked.attributes.items()}
+        unknown = sorted(set(filters) - set(columns))
+        if unknown:
+            raise ConfigurationError(f"{model.__name__} has no attributes {unknown}")
+        if not tracked.pulled:
+            raise ConfigurationError(f"{model.__name__} is push-only: it cannot be queried")
+        body = {
+            "table": tracked.name,
+            "limit": limit,
+            "offset": offset,
+            "filters": {columns[key]: value for key, value in filters.items()},
+        }
+        with self._lock:
+            _rid, replies = self._channel().call(messages.QUERY, body, extra_data)
+            reply = next(iter(replies))
+        return [
+            _detached(model, tracked.attributes, change.values or {})
+            for change in decode_changes(reply.body["rows"])
+        ]
 
     def ping(self, *, extra_data: Mapping[str, Any] | None = None) -> PingResult:
         """Ask a worker for the server's version: proves the whole path works."""
         with self._lock:
             identity = self._require_identity()
             started = time.monotonic()
-            request = self._request(
-                messages.PING, identity.node_id, {"version": identity.version}, extra_data
+            _rid, replies = self._channel().call(
+                messages.PING, {"version": identity.version}, extra_data
             )
-            self._publish(identity, request.request_id, messages.PING, self._seal(request))
-            reply = self._single_reply(identity, messages.PING, request.request_id)
+            reply = next(iter(replies))
             return PingResult(
                 server_version=reply.body["version"],
                 local_version=identity.version,
@@ -238,12 +334,9 @@ class SyncClient:
                 return None
             changes = local.attach_rows(connection, self.models, compress_local(operations))
         body = {"base": identity.version, "changes": encode_changes(changes)}
-        request = self._request(messages.PUSH, identity.node_id, body, extra_data)
+        request_id, envelope = self._channel().seal(messages.PUSH, body, extra_data)
         push = local.InFlight(
-            request.request_id,
-            identity.version,
-            self._seal(request),
-            tuple(op.order for op in operations),
+            request_id, identity.version, envelope, tuple(op.order for op in operations)
         )
         if len(push.body) > MAX_MESSAGE_BYTES:
             raise ConfigurationError(
@@ -255,50 +348,35 @@ class SyncClient:
             local.save_inflight(connection, push)
         return push, len(changes)
 
-    def _settle_inflight(self, identity: local.Identity) -> None:
+    def _settle_inflight(self) -> None:
         """Finish a push left in flight (by a crash or a timeout) before anything else."""
         with read_transaction(self.engine) as connection:
             push = local.load_inflight(connection)
         if push is None:
             return
         logger.info("resending push %s left in flight", push.request_id)
-        self._publish(identity, push.request_id, messages.PUSH, push.body)
-        reply = self._single_reply(identity, messages.PUSH, push.request_id)
+        self._channel().send(messages.PUSH, push.request_id, push.body)
         try:
-            self._settle(push, reply, len(push.operation_ids))
+            self._settle(push, len(push.operation_ids))
         except PushRejected as exc:
             logger.info("push %s in flight was not applied: %s", push.request_id, exc)
 
-    def _settle(self, push: local.InFlight, reply: Reply, count: int) -> PushResult:
+    def _settle(self, push: local.InFlight, count: int) -> PushResult:
+        """Wait for the reply to ``push`` and record its outcome."""
+        try:
+            reply = self._channel().single_reply(messages.PUSH, push.request_id)
+        except PushRejected:
+            with write_transaction(self.engine) as connection:
+                local.delete_inflight(connection, push.request_id)
+            raise
         with write_transaction(self.engine) as connection:
             local.delete_inflight(connection, push.request_id)
-            if reply.status == messages.OK:
-                local.remove_operations(connection, push.operation_ids)
-                local.set_position(connection, reply.body["version"])
+            local.remove_operations(connection, push.operation_ids)
+            local.set_position(connection, reply.body["version"])
         self._identity = None
-        if reply.status != messages.OK:
-            _raise_for(reply, messages.PUSH)
         return PushResult(reply.body["version"], count)
 
     # --- pull internals ---------------------------------------------------------------
-
-    def _collect_pull(
-        self, identity: local.Identity, request_id: str
-    ) -> tuple[int, list[Change], dict[RowKey, Any], set[str]]:
-        changes: list[Change] = []
-        parents: dict[RowKey, Any] = {}
-        own: set[str] = set()
-        version = identity.version
-        for seq, reply in enumerate(self._replies(identity, messages.PULL, request_id)):
-            if reply.status != messages.OK:
-                _raise_for(reply, messages.PULL)
-            if reply.seq != seq:
-                raise ProtocolError(f"pull reply chunk {reply.seq} arrived as chunk {seq}")
-            version = reply.body["version"]
-            changes.extend(decode_changes(reply.body["changes"]))
-            parents.update((c.row_key, c.values) for c in decode_changes(reply.body["parents"]))
-            own.update(str(entry[1]) for entry in reply.body["versions"] if len(entry) == 2)
-        return version, changes, parents, own
 
     def _merge(
         self,
@@ -312,7 +390,7 @@ class SyncClient:
             current = local.load_identity(connection)
             if current is None or current.version != identity.version:
                 raise MergeError("the local database moved during the pull; pull again")
-            self._drop_own_push(connection, own)
+            _drop_own_push(connection, own)
             local_changes = compress_local(local.unpushed(connection))
             data = load_merge_input(connection, self.models, local_changes, changes, parents)
             try:
@@ -335,64 +413,10 @@ class SyncClient:
             )
         return PullResult(version, len(changes), plan.conflicts)
 
-    def _drop_own_push(self, connection: Any, own_request_ids: set[str]) -> None:
-        """A pull that contains this node's in-flight push settles it as accepted."""
-        push = local.load_inflight(connection)
-        if push is not None and push.request_id in own_request_ids:
-            local.remove_operations(connection, push.operation_ids)
-            local.delete_inflight(connection, push.request_id)
-
-    # --- messaging --------------------------------------------------------------------
-
-    def _request(
-        self, kind: str, node_id: int, body: dict[str, Any], extra_data: Mapping[str, Any] | None
-    ) -> Request:
-        return Request(
-            kind=kind,
-            node_id=node_id,
-            request_id=uuid.uuid4().hex,
-            timestamp_ms=self._now_ms(),
-            body=body,
-            extra=dict(extra_data) if extra_data is not None else None,
-        )
-
-    def _seal(self, request: Request) -> bytes:
-        key = signing.private_key_from_seed(self._require_identity().private_key)
-        return signing.seal(messages.encode_request(request), key)
-
-    def _publish(self, identity: local.Identity, request_id: str, kind: str, body: bytes) -> None:
-        self._broker.ensure_node_queue(identity.node_id)
-        message = Message(
-            body=body,
-            kind=kind,
-            message_id=request_id,
-            correlation_id=request_id,
-            headers={"node": str(identity.node_id), "proto": messages.PROTOCOL_VERSION},
-        )
-        self._broker.publish(message)
-
-    def _replies(self, identity: local.Identity, kind: str, request_id: str) -> Iterator[Reply]:
-        server_key = signing.load_public_key(identity.server_key)
-        for message in self._broker.receive(identity.node_id, request_id, self.timeout):
-            try:
-                signed, signature = signing.open_envelope(message.body, MAX_MESSAGE_BYTES)
-                signing.verify(signed, signature, server_key)
-                reply = messages.decode_reply(signed, kind)
-            except ProtocolError as exc:
-                logger.warning("ignoring a reply to %s that is not authentic: %s", request_id, exc)
-                continue
-            if reply.request_id != request_id:
-                continue
-            yield reply
-            if reply.last:
-                return
-
-    def _single_reply(self, identity: local.Identity, kind: str, request_id: str) -> Reply:
-        for reply in self._replies(identity, kind, request_id):
-            return reply
-        raise ProtocolError(f"the reply to {request_id} ended early")
-
     # --- identity -----------------------------------------------------------------------
+
+    def _channel(self) -> NodeChannel:
+        return NodeChannel(self._broker, self._require_identity(), self.timeout, self._clock)
 
     def _load_identity(self) -> local.Identity | None:
         if self._identity is None:
@@ -415,36 +439,18 @@ class SyncClient:
         return int(self._clock() * 1000)
 
 
-def _message(request: Request, body: bytes) -> Message:
-    return Message(
-        body=body,
-        kind=request.kind,
-        message_id=request.request_id,
-        correlation_id=request.request_id,
-        headers={"proto": messages.PROTOCOL_VERSION},
-    )
+def _drop_own_push(connection: Connection, own_request_ids: set[str]) -> None:
+    """A pull that contains this node's in-flight push settles it as accepted."""
+    push = local.load_inflight(connection)
+    if push is not None and push.request_id in own_request_ids:
+        local.remove_operations(connection, push.operation_ids)
+        local.delete_inflight(connection, push.request_id)
 
 
-def _accept_registration(answer: Message, request: Request, token: str) -> tuple[int, bytes]:
-    """Check the registration reply came from a server that knows the token."""
-    signed, signature = signing.open_envelope(answer.body, MAX_MESSAGE_BYTES)
-    reply = messages.decode_reply(signed, messages.REGISTER)
-    if reply.status != messages.OK:
-        _raise_for(reply, messages.REGISTER)
-    node_id, server_key = reply.body["node"], reply.body["server_key"]
-    signing.verify(signed, signature, signing.load_public_key(server_key))
-    expected = signing.registration_proof(
-        signing.token_digest(token), node_id, server_key, request.request_id
-    )
-    if not signing.proofs_match(expected, reply.body["proof"]):
-        raise SignatureError("the registration reply does not prove knowledge of the token")
-    return node_id, server_key
-
-
-def _raise_for(reply: Reply, kind: str) -> None:
-    code, reason = reply.code or "error", reply.reason or ""
-    if kind == messages.PUSH:
-        if code == "pull-required":
-            raise PullRequired(code, reason)
-        raise PushRejected(code, reason)
-    raise ReplyRejected(code, reason)
+def _detached(model: type[M], attributes_by_column: Mapping[str, str], row: Mapping[str, Any]) -> M:
+    """An instance of ``model`` holding ``row``, detached: in no session, with its identity."""
+    instance: Any = sa.inspect(model).class_manager.new_instance()
+    for column, value in row.items():
+        attributes.set_committed_value(instance, attributes_by_column[column], value)
+    make_transient_to_detached(instance)
+    return instance  # type: ignore[no-any-return]

@@ -5,6 +5,7 @@
     SyncError
     ├── ConfigurationError        bad settings, untracked models, missing tables
     ├── NotRegistered             the node has no identity yet: call register()
+    ├── PendingChanges            local changes not pushed yet would be discarded
     ├── TrackingError             a write the change capture cannot record safely
     ├── CodecError                a value that cannot be encoded or decoded
     ├── ProtocolError             a message that is malformed or not authentic
@@ -42,6 +43,23 @@ class ConfigurationError(SyncError):
 
 class NotRegistered(SyncError):
     """The local node has no identity yet; call ``SyncClient.register`` first."""
+
+
+class PendingChanges(SyncError):
+    """A repair would discard local changes that were never pushed.
+
+    ``operations`` lists them as ``(table, key, command)``; push them first, or
+    repair with ``force=True`` to discard them.
+    """
+
+    def __init__(self, operations: Sequence[tuple[str, Any, str]]) -> None:
+        shown = ", ".join(f"{command} {table}[{key!r}]" for table, key, command in operations[:5])
+        more = f" and {len(operations) - 5} more" if len(operations) > 5 else ""
+        super().__init__(
+            f"{len(operations)} local changes were never pushed ({shown}{more}): push them "
+            "first, or pass force=True to discard them"
+        )
+        self.operations = list(operations)
 
 
 class TrackingError(SyncError):

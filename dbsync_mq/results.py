@@ -35,6 +35,16 @@ class SyncResult:
 
 
 @dataclass(frozen=True)
+class RepairResult:
+    """A repair: the version the local tables now match, the rows received, and the
+    local changes that were discarded (``force=True``)."""
+
+    version: int
+    rows: int
+    discarded: int = 0
+
+
+@dataclass(frozen=True)
 class PingResult:
     """Whether a worker answered, and how far behind the server this node is."""
 

@@ -183,7 +183,16 @@ class Worker:
         if outcome is None:
             self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
             return
-        self._publish(outcome.outgoing)
+        try:
+            self._publish(outcome.outgoing)
+        except BrokerUnavailable:
+            raise
+        except Exception:
+            # A streamed reply (pull, repair) failed midway, say the database went away:
+            # the node sees the chunks stop; the request goes back to be served again.
+            logger.exception("streaming the reply to %s failed", outcome.request_id)
+            self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
+            return
         self._on_stage("after-reply", outcome.kind, outcome.request_id or "")
         self.consumer.call(lambda: self.consumer.settle(delivery, outcome.disposition))
         self._on_stage("after-ack", outcome.kind, outcome.request_id or "")

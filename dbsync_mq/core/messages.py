@@ -71,7 +71,12 @@ REPLY_BODIES: Final[Mapping[str, _Spec]] = {
         "parents": (bytes, False),
     },
     REGISTER: {"node": (int, False), "server_key": (bytes, False), "proof": (bytes, False)},
-    REPAIR: {"version": (int, False), "table": (str, True), "rows": (bytes, False)},
+    REPAIR: {
+        "version": (int, False),
+        "table": (str, True),
+        "rows": (bytes, False),
+        "total": (int, False),
+    },
     QUERY: {"rows": (bytes, False)},
     PING: {"version": (int, False)},
 }

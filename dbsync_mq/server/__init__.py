@@ -5,5 +5,14 @@ The worker process (``dbsync-mq worker``) is a thin shell over ``Server``.
 
 from dbsync_mq.server.dispatch import Outcome, Server
 from dbsync_mq.server.state import initialize, issue_enrollment
+from dbsync_mq.server.writes import VersionWriter, install, uninstall
 
-__all__ = ["Outcome", "Server", "initialize", "issue_enrollment"]
+__all__ = [
+    "Outcome",
+    "Server",
+    "VersionWriter",
+    "initialize",
+    "install",
+    "issue_enrollment",
+    "uninstall",
+]

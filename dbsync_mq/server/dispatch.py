@@ -26,9 +26,12 @@ from dbsync_mq.core.messages import Reply, Request
 from dbsync_mq.core.model import RowKey
 from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
 from dbsync_mq.server import state
+from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.pull import pull_bodies, read_pull
-from dbsync_mq.server.push import apply_push, decode_push
+from dbsync_mq.server.push import PushJob, apply_push, decode_push
+from dbsync_mq.server.query import run_query
 from dbsync_mq.server.register import register_node
+from dbsync_mq.server.repair import snapshot_bodies
 from dbsync_mq.storage.engine import prepare, read_transaction, write_transaction
 from dbsync_mq.storage.models import ModelSet
 from dbsync_mq.transport.base import Message, Outgoing
@@ -74,6 +77,7 @@ class Server:
     settings: ServerSettings = field(default_factory=ServerSettings)
     clock: Callable[[], float] = time.time
     on_stage: StageHook | None = None
+    hooks: Hooks = field(default_factory=Hooks)
 
     def __post_init__(self) -> None:
         prepare(self.engine, foreign_keys=True)
@@ -100,7 +104,8 @@ class Server:
         try:
             if not node.enabled:
                 raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
-            return self._dispatch(request, signed)
+            self.hooks.run("before_request", RequestContext(node, request))
+            return self._dispatch(request, signed, node)
         except RequestRefused as exc:
             return Outcome(
                 "ack",
@@ -125,16 +130,18 @@ class Server:
                 code="internal-error",
             )
 
-    def _dispatch(self, request: Request, signed: bytes) -> Outcome:
-        handlers: dict[str, Callable[[Request, bytes], Outcome]] = {
+    def _dispatch(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
+        handlers: dict[str, Callable[[Request, bytes, state.NodeRecord], Outcome]] = {
             messages.PUSH: self._push,
             messages.PULL: self._pull,
             messages.PING: self._ping,
+            messages.QUERY: self._query,
+            messages.REPAIR: self._repair,
         }
         handler = handlers.get(request.kind)
         if handler is None:
             raise RequestRefused("unsupported", f"this server does not serve {request.kind}")
-        return handler(request, signed)
+        return handler(request, signed, node)
 
     # --- authentication -------------------------------------------------------
 
@@ -164,7 +171,7 @@ class Server:
 
     # --- handlers -------------------------------------------------------------
 
-    def _push(self, request: Request, signed: bytes) -> Outcome:
+    def _push(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         digest = signing.body_digest(signed)
         with read_transaction(self.engine) as connection:
             stored = state.find_request(connection, request.request_id)
@@ -174,11 +181,7 @@ class Server:
         self._stage("before-transaction", request)
         with write_transaction(self.engine) as connection:
             accepted = apply_push(
-                connection,
-                self.models,
-                request,
-                changes,
-                digest,
+                PushJob(connection, self.models, request, node, changes, digest, self.hooks),
                 lambda version, base: self._seal(request, {"version": version, "base": base}),
             )
             self._stage("in-transaction", request)
@@ -194,7 +197,7 @@ class Server:
             request_id=request.request_id,
         )
 
-    def _pull(self, request: Request, _signed: bytes) -> Outcome:
+    def _pull(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
         self._check_window(request)
         deleted = _deleted_keys(request.body["deleted"])
         with read_transaction(self.engine) as connection:
@@ -206,7 +209,23 @@ class Server:
             "ack", self._chunks(request, bodies), kind=request.kind, request_id=request.request_id
         )
 
-    def _ping(self, request: Request, _signed: bytes) -> Outcome:
+    def _query(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
+        self._check_window(request)
+        with read_transaction(self.engine) as connection:
+            rows = run_query(connection, self.models, request.body)
+        reply = self._seal(request, {"rows": rows})
+        return Outcome(
+            "ack", [self._to_node(request, reply)], kind=request.kind, request_id=request.request_id
+        )
+
+    def _repair(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
+        self._check_window(request)
+        bodies = snapshot_bodies(self.engine, self.models, self.settings.repair_chunk_rows)
+        return Outcome(
+            "ack", self._chunks(request, bodies), kind=request.kind, request_id=request.request_id
+        )
+
+    def _ping(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
         self._check_window(request)
         with read_transaction(self.engine) as connection:
             head = state.read_head(connection)
@@ -235,7 +254,9 @@ class Server:
         try:
             self._check_window(request)
             with write_transaction(self.engine) as connection:
-                reply = register_node(connection, request, signing.body_digest(signed), reply_for)
+                reply = register_node(
+                    connection, request, signing.body_digest(signed), reply_for, self.hooks
+                )
         except RequestRefused as exc:
             reply = self._seal_error(request, exc.code, exc.reason)
             return Outcome(

@@ -11,16 +11,19 @@ or everything, and the redelivered request gets the stored reply.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from dbsync_mq.core.changeset import decode_changes
 from dbsync_mq.core.messages import Request
 from dbsync_mq.core.model import DELETE, Change, RowKey
 from dbsync_mq.errors import ProtocolError, RequestRefused
 from dbsync_mq.server import state
+from dbsync_mq.server.hooks import Hooks, PushContext
+from dbsync_mq.server.state import NodeRecord
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import apply_changes
 from dbsync_mq.storage.local import utcnow
@@ -63,7 +66,9 @@ def check_change(models: ModelSet, change: Change) -> None:
     if not model.pushed:
         raise RequestRefused("direction-refused", f"{change.table} is pull-only")
     key_parts = change.key if isinstance(change.key, tuple) else (change.key,)
-    if len(key_parts) != len(model.key_columns):
+    # An array key of one part is still an array: it would reach the driver as a tuple.
+    composite = len(model.key_columns) > 1
+    if len(key_parts) != len(model.key_columns) or isinstance(change.key, tuple) != composite:
         raise RequestRefused("malformed", f"{change.table}: key {change.key!r} has the wrong width")
     check_row(model.table, dict(zip(model.key_columns, key_parts, strict=True)))
     if change.command == DELETE:
@@ -96,28 +101,52 @@ def _moving_rows(
     return moving
 
 
-def apply_push(
-    connection: Connection,
-    models: ModelSet,
-    request: Request,
-    changes: Sequence[Change],
-    digest: bytes,
-    make_reply: Callable[[int, int], bytes],
-) -> Accepted:
-    """Apply ``changes`` as the next version, inside the caller's write transaction.
+@dataclass(frozen=True)
+class PushJob:
+    """A decoded, checked push and where to apply it."""
+
+    connection: Connection
+    models: ModelSet
+    request: Request
+    node: NodeRecord
+    changes: Sequence[Change]
+    digest: bytes
+    hooks: Hooks
+
+
+def apply_push(job: PushJob, make_reply: Callable[[int, int], bytes]) -> Accepted:
+    """Apply the push as the next version, inside the caller's write transaction.
 
     ``make_reply(version, base)`` builds the sealed reply to store and send.
     Raises ``RequestRefused`` (nothing written) when the push cannot be applied.
     """
+    connection, request = job.connection, job.request
     head = state.lock_head(connection)
     stored = state.find_request(connection, request.request_id)
     if stored is not None:
-        if stored.digest != digest:
+        if stored.digest != job.digest:
             raise RequestRefused("request-id-reused", "request id was used for another body")
         return Accepted(version=None, reply=stored.reply)
     base = request.body["base"]
     if base != head:
         raise RequestRefused(PULL_REQUIRED, f"the server is at version {head}, the node at {base}")
+    with Session(bind=connection) as session:
+        context = PushContext(job.node, request, session=session, changes=job.changes)
+        job.hooks.run("before_push", context)
+        _apply_changes(job)
+        version = head + 1
+        _write_version(job, version)
+        job.hooks.run("after_push", replace(context, version=version))
+        session.flush()
+    reply = make_reply(version, base)
+    state.store_request(
+        connection, request.request_id, request.node_id, request.kind, job.digest, reply
+    )
+    return Accepted(version=version, reply=reply)
+
+
+def _apply_changes(job: PushJob) -> None:
+    connection, models, changes = job.connection, job.models, job.changes
     try:
         apply_changes(connection, models, changes, _moving_rows(connection, models, changes))
     # Raising rolls the whole transaction back: nothing of the push stays.
@@ -132,23 +161,21 @@ def apply_push(
         # check (an integer beyond 64 bits for SQLite, bytes or a too deep value for
         # JSON); SQLAlchemy wraps some of these errors, psycopg raises them as they are.
         raise RequestRefused("invalid-value", _describe(getattr(exc, "orig", exc))) from None
-    version = head + 1
-    connection.execute(
+
+
+def _write_version(job: PushJob, version: int) -> None:
+    request = job.request
+    job.connection.execute(
         schema.versions.insert().values(
             id=version,
             node_id=request.node_id,
             request_id=request.request_id,
             created_at=utcnow(),
-            operation_count=len(changes),
+            operation_count=len(job.changes),
             changes=request.body["changes"],
         )
     )
-    state.advance_head(connection, version)
-    reply = make_reply(version, base)
-    state.store_request(
-        connection, request.request_id, request.node_id, request.kind, digest, reply
-    )
-    return Accepted(version=version, reply=reply)
+    state.advance_head(job.connection, version)
 
 
 def _describe(error: BaseException | None) -> str:

@@ -13,11 +13,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from dbsync_mq.core import signing
 from dbsync_mq.core.messages import Request
 from dbsync_mq.errors import RequestRefused
 from dbsync_mq.server import state
+from dbsync_mq.server.hooks import Hooks, RegisterContext
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.local import utcnow
 
@@ -27,6 +29,7 @@ def register_node(
     request: Request,
     digest: bytes,
     make_reply: Callable[[int, bytes], bytes],
+    hooks: Hooks,
 ) -> bytes:
     """Create the node named by a valid token, inside the caller's write transaction.
 
@@ -40,6 +43,9 @@ def register_node(
         return stored.reply
     token_hash = signing.token_digest(request.body["token"])
     enrollment = _usable_enrollment(connection, token_hash)
+    with Session(bind=connection) as session:
+        hooks.run("before_register", RegisterContext(session, request, enrollment.user_id))
+        session.flush()
     now = utcnow()
     node_id = connection.execute(
         schema.nodes.insert()

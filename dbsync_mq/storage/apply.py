@@ -178,9 +178,28 @@ def insert_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]
     if model.self_references and len(rows) > 1:
         for row in _parents_first(model, rows):
             connection.execute(model.table.insert(), [row])
+    else:
+        for group in _by_columns(rows).values():
+            connection.execute(model.table.insert(), group)
+    if connection.dialect.name == "postgresql":
+        _advance_sequence(connection, model, rows)
+
+
+def _advance_sequence(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:
+    """Move the key's sequence past the keys just inserted, so that the server's own
+    inserts (which draw from it) never reuse one."""
+    if len(model.key_columns) != 1:
         return
-    for group in _by_columns(rows).values():
-        connection.execute(model.table.insert(), group)
+    column = model.key_columns[0]
+    keys = [row[column] for row in rows if isinstance(row.get(column), int)]
+    if not keys:
+        return
+    sequence = connection.execute(
+        sa.select(sa.func.pg_get_serial_sequence(model.table.fullname, column))
+    ).scalar()
+    if sequence is not None:
+        highest = sa.func.greatest(max(keys), sa.func.nextval(sequence))
+        connection.execute(sa.select(sa.func.setval(sequence, highest)))
 
 
 def _parents_first(model: TrackedModel, rows: Sequence[Row]) -> list[Row]:
@@ -223,6 +242,12 @@ def update_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]
             param.update({f"k_{name}": row[name] for name in model.key_columns})
             params.append(param)
         connection.execute(statement, params)
+
+
+def delete_all(connection: Connection, models: Sequence[TrackedModel]) -> None:
+    """Empty the tables of ``models`` (given parents first), children first."""
+    for model in reversed(models):
+        connection.execute(model.table.delete())
 
 
 def delete_rows(connection: Connection, model: TrackedModel, keys: Sequence[Key]) -> None:

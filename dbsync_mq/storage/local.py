@@ -46,6 +46,12 @@ class OperationLog:
     def wants(self, model: TrackedModel) -> bool:
         return model.pushed
 
+    def before_writes(self, connection: Connection) -> None:
+        """Nothing to prepare: the log is written in the same transaction."""
+
+    def before_commit(self, connection: Connection) -> None:
+        """Nothing to finish: every operation was logged when it was flushed."""
+
     def record(self, connection: Connection, writes: Sequence[Write]) -> None:
         if not writes:
             return

@@ -33,6 +33,7 @@ from dbsync_mq.storage.models import Direction, ModelSet, TrackedModel, register
 T = TypeVar("T", bound=type)
 
 _BUFFER: Final = "dbsync_mq.captured"
+_TOUCHED: Final = "dbsync_mq.touched"
 _PAUSED: Final = "dbsync_mq.paused"
 
 
@@ -46,6 +47,12 @@ class Capture(Protocol):
 
     def record(self, connection: Connection, writes: Sequence[Write]) -> None:
         """Record ``writes`` on ``connection``, inside the writer's transaction."""
+
+    def before_writes(self, connection: Connection) -> None:
+        """Called before the writes of a flush or statement reach ``connection``."""
+
+    def before_commit(self, connection: Connection) -> None:
+        """Called when a session that wrote through ``connection`` commits."""
 
 
 _captures: weakref.WeakKeyDictionary[Engine, Capture | None] = weakref.WeakKeyDictionary()
@@ -203,16 +210,46 @@ def _after_update(mapper: Mapper[Any], connection: Connection, target: Any) -> N
     _buffer(target, connection, Write(model.name, new_key, UPDATE, changed))
 
 
+def _before_flush(session: Session, _flush_context: Any, _instances: Any) -> None:
+    if session.info.get(_PAUSED):
+        return
+    mappers = {sa.inspect(obj).mapper for obj in (*session.new, *session.dirty, *session.deleted)}
+    for mapper in mappers:
+        if tracked := _tracked(mapper, connection := _connection(session, mapper)):
+            tracked[1].before_writes(connection)
+
+
+def _connection(session: Session, mapper: Mapper[Any]) -> Connection:
+    return session.connection(bind_arguments={"mapper": mapper})
+
+
 def _after_flush(session: Session, _flush_context: Any) -> None:
     buffered = session.info.pop(_BUFFER, None)
     for connection, writes in (buffered or {}).items():
         capture = capture_of(connection)
         if capture is not None:
             capture.record(connection, writes)
+            _touch(session, connection)
+
+
+def _touch(session: Session, connection: Connection) -> None:
+    session.info.setdefault(_TOUCHED, set()).add(connection)
+
+
+def _before_commit(session: Session) -> None:
+    if not session.info.get(_TOUCHED) and not (session.new or session.dirty or session.deleted):
+        return
+    session.flush()  # the last writes are captured before the captures finish
+    for connection in session.info.pop(_TOUCHED, ()):
+        capture = capture_of(connection)
+        if capture is not None:
+            capture.before_commit(connection)
 
 
 def _discard_buffer(session: Session, *_args: Any) -> None:
     session.info.pop(_BUFFER, None)
+    if not session.in_transaction():
+        session.info.pop(_TOUCHED, None)
 
 
 # --- ORM-enabled statements ---------------------------------------------------
@@ -228,6 +265,8 @@ def _statement_target(state: ORMExecuteState) -> tuple[TrackedModel, Capture, Co
     tracked = _tracked(mapper, connection)
     if tracked is None:
         return None
+    tracked[1].before_writes(connection)
+    _touch(state.session, connection)
     return tracked[0], tracked[1], connection
 
 
@@ -340,7 +379,9 @@ def _counted_result(count: int) -> Result[Any]:
 def _install_session_listeners() -> None:
     if event.contains(Session, "after_flush", _after_flush):
         return
+    event.listen(Session, "before_flush", _before_flush)
     event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "before_commit", _before_commit)
     event.listen(Session, "after_soft_rollback", _discard_buffer)
     event.listen(Session, "do_orm_execute", _on_orm_execute)
 

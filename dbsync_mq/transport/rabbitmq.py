@@ -75,7 +75,6 @@ def declare_topology(channel: BlockingChannel, topology: Topology) -> None:
     """Declare every exchange and request queue of ``topology``; idempotent."""
     with broker_errors("declare topology"):
         channel.exchange_declare(topology.requests_exchange, "direct", durable=True)
-        channel.exchange_declare(topology.replies_exchange, "direct", durable=True)
         channel.exchange_declare(topology.events_exchange, "fanout", durable=True)
         channel.exchange_declare(topology.dead_letter_exchange, "fanout", durable=True)
         channel.queue_declare(
@@ -102,7 +101,7 @@ def delete_topology(url: str, topology: Topology, node_ids: tuple[int, ...] = ()
                 channel.queue_delete(queue)
             for exchange in (
                 topology.requests_exchange,
-                topology.replies_exchange,
+                topology.replies_exchange,  # declared by earlier versions
                 topology.events_exchange,
                 topology.dead_letter_exchange,
             ):
@@ -195,13 +194,16 @@ class BrokerClient:
             raise
 
     def ensure_node_queue(self, node_id: int) -> None:
-        """Declare this node's durable reply queue and bind it to the replies exchange."""
+        """Declare this node's durable reply queue (replies reach it by its name).
+
+        Nothing is bound: a node that may bind its queue to an exchange carrying
+        every node's replies could bind it with another node's key and read them.
+        """
         queue = self._topology.node_queue(node_id)
         with self._session("declare reply queue") as channel:
             channel.queue_declare(
                 queue, durable=True, arguments=dict(self._topology.node_queue_arguments)
             )
-            channel.queue_bind(queue, self._topology.replies_exchange, routing_key=str(node_id))
 
     def publish(self, message: Message) -> None:
         """Publish a request to its kind's queue; return once the broker confirmed it."""
@@ -398,8 +400,12 @@ class Consumer:
             exchange, routing_key = self._topology.events_exchange, ""
         elif item.reply_to is not None:
             exchange, routing_key = "", item.reply_to
+        elif item.node_id is not None:
+            # The default exchange routes by queue name: the reply reaches this node's
+            # queue and no other, whatever any node has bound (see ensure_node_queue).
+            exchange, routing_key = "", self._topology.node_queue(item.node_id)
         else:
-            exchange, routing_key = self._topology.replies_exchange, str(item.node_id)
+            raise ConfigurationError("an outgoing message has no destination")
         with broker_errors("publish reply"):
             self._channel.basic_publish(
                 exchange, routing_key, item.message.body, _properties(item.message)

@@ -4,7 +4,7 @@ Each generated scenario: three nodes, each with its own conflict policy, make
 random inserts, updates and deletes on related tables (a parent, a child with a
 foreign key, a unique column, an association table, a self-referencing tree,
 UUID-keyed rows) while offline, in rounds, syncing in a random order between
-rounds. Afterwards every node syncs until nothing is left to push, and every
+rounds, while an administrator writes to the server database directly. Afterwards every node syncs until nothing is left to push, and every
 node's tables must equal the server's, row for row, with no dangling reference.
 Unique clashes are settled the way an application would: by renaming or
 deleting its own row and syncing again.
@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
+import dbsync_mq.server
 from dbsync_mq import SyncClient, UniqueConstraintError
 from dbsync_mq.storage import local, schema
 from tests.conftest import table_rows
@@ -257,9 +258,11 @@ def dangling_references(engine: sa.Engine) -> list[str]:
 @pytest.fixture
 def cluster(make_node, worker, server_url):
     server = sa.create_engine(server_url)
+    dbsync_mq.server.install(server)  # an admin writes on the server too
     clock = TickingClock()
     nodes = [make_node(f"n{i}", clock=clock) for i in range(NODES)]
     yield server, nodes, clock
+    dbsync_mq.server.uninstall(server)
     server.dispose()
 
 
@@ -282,6 +285,7 @@ def test_nodes_editing_offline_converge_with_the_server(cluster, data):
     # Given rounds of offline edits on every node, synced in a random order
     for _round in range(data.draw(st.integers(1, 3), label="rounds")):
         edit_offline(nodes, data)
+        edit(server, data, most=3)
         order = data.draw(st.lists(st.sampled_from(range(NODES)), max_size=5), label="syncs")
         for index in order:
             sync_like_an_application(nodes[index], f"n{index}")
@@ -300,11 +304,15 @@ def test_nodes_editing_offline_converge_with_the_server(cluster, data):
 
 def edit_offline(nodes: list[SyncClient], data: st.DataObject) -> None:
     for node in nodes:
-        with Session(node.engine) as session:
-            for _ in range(data.draw(st.integers(0, 5))):
-                data.draw(st.sampled_from(OPERATIONS))(session, data)
-                session.flush()
-            session.commit()
+        edit(node.engine, data, most=5)
+
+
+def edit(engine: sa.Engine, data: st.DataObject, most: int) -> None:
+    with Session(engine) as session:
+        for _ in range(data.draw(st.integers(0, most))):
+            data.draw(st.sampled_from(OPERATIONS))(session, data)
+            session.flush()
+        session.commit()
 
 
 def sync_until_quiet(nodes: list[SyncClient]) -> None:

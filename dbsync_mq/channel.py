@@ -1,0 +1,177 @@
+"""A node's conversation with the server: signed requests out, verified replies in.
+
+Only this module and ``SyncClient`` know both the node's keys and the broker;
+the rest of the client works on decoded replies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from dbsync_mq.config import MAX_MESSAGE_BYTES
+from dbsync_mq.core import messages, signing
+from dbsync_mq.core.messages import Reply, Request
+from dbsync_mq.errors import (
+    ProtocolError,
+    PullRequired,
+    PushRejected,
+    ReplyRejected,
+    SignatureError,
+)
+from dbsync_mq.storage.local import Identity
+from dbsync_mq.transport.base import Message
+from dbsync_mq.transport.rabbitmq import BrokerClient
+
+logger = logging.getLogger(__name__)
+
+
+class NodeChannel:
+    """Requests signed with the node's key; replies checked against the pinned server key."""
+
+    def __init__(
+        self,
+        broker: BrokerClient,
+        identity: Identity,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.broker = broker
+        self.node_id = identity.node_id
+        self.timeout = timeout
+        self._key = signing.private_key_from_seed(identity.private_key)
+        self._server_key = signing.load_public_key(identity.server_key)
+        self._clock = clock
+
+    def seal(
+        self, kind: str, body: dict[str, Any], extra_data: Mapping[str, Any] | None
+    ) -> tuple[str, bytes]:
+        """A new request's id and its signed envelope."""
+        request = new_request(kind, self.node_id, body, extra_data, self._clock)
+        return request.request_id, signing.seal(messages.encode_request(request), self._key)
+
+    def send(self, kind: str, request_id: str, envelope: bytes) -> None:
+        """Publish an envelope (again, for a push in flight) to the server's queue."""
+        self.broker.ensure_node_queue(self.node_id)
+        self.broker.publish(
+            Message(
+                body=envelope,
+                kind=kind,
+                message_id=request_id,
+                correlation_id=request_id,
+                headers={"node": str(self.node_id), "proto": messages.PROTOCOL_VERSION},
+            )
+        )
+
+    def call(
+        self, kind: str, body: dict[str, Any], extra_data: Mapping[str, Any] | None
+    ) -> tuple[str, Iterator[Reply]]:
+        """Send a new request; its id and the iterator of its reply chunks."""
+        request_id, envelope = self.seal(kind, body, extra_data)
+        self.send(kind, request_id, envelope)
+        return request_id, self.replies(kind, request_id)
+
+    def replies(self, kind: str, request_id: str) -> Iterator[Reply]:
+        """The reply chunks to ``request_id``, in order; raises for an error reply."""
+        expected = 0
+        for message in self.broker.receive(self.node_id, request_id, self.timeout):
+            try:
+                reply = self._open(message, kind)
+            except ProtocolError as exc:
+                logger.warning("ignoring a reply to %s that is not authentic: %s", request_id, exc)
+                continue
+            if reply.request_id != request_id:
+                continue
+            if reply.status != messages.OK:
+                raise_for(reply, kind)
+            if reply.seq != expected:
+                raise ProtocolError(f"reply chunk {reply.seq} of {request_id} came as {expected}")
+            expected += 1
+            yield reply
+            if reply.last:
+                return
+
+    def single_reply(self, kind: str, request_id: str) -> Reply:
+        """The one reply to ``request_id`` (error replies raise)."""
+        for reply in self.replies(kind, request_id):
+            return reply
+        raise ProtocolError(f"the reply to {request_id} ended early")
+
+    def _open(self, message: Message, kind: str) -> Reply:
+        signed, signature = signing.open_envelope(message.body, MAX_MESSAGE_BYTES)
+        signing.verify(signed, signature, self._server_key)
+        return messages.decode_reply(signed, kind)
+
+
+def new_request(
+    kind: str,
+    node_id: int,
+    body: dict[str, Any],
+    extra_data: Mapping[str, Any] | None,
+    clock: Callable[[], float],
+) -> Request:
+    messages.check_extra_data(extra_data)
+    return Request(
+        kind=kind,
+        node_id=node_id,
+        request_id=uuid.uuid4().hex,
+        timestamp_ms=int(clock() * 1000),
+        body=body,
+        extra=dict(extra_data) if extra_data is not None else None,
+    )
+
+
+def register(
+    broker: BrokerClient,
+    token: str,
+    seed: bytes,
+    namespace: str,
+    timeout: float,
+    extra_data: Mapping[str, Any] | None,
+    clock: Callable[[], float],
+) -> Identity:
+    """Register a new node whose key is made from ``seed``; its identity at version 0."""
+    key = signing.private_key_from_seed(seed)
+    body = {"token": token, "public_key": signing.public_key_bytes(key)}
+    request = new_request(messages.REGISTER, 0, body, extra_data, clock)
+    answer = broker.call_direct(
+        Message(
+            body=signing.seal(messages.encode_request(request), key),
+            kind=request.kind,
+            message_id=request.request_id,
+            correlation_id=request.request_id,
+            headers={"proto": messages.PROTOCOL_VERSION},
+        ),
+        timeout,
+    )
+    node_id, server_key = _accept_registration(answer, request, token)
+    return Identity(node_id, namespace, seed, server_key, 0, 0)
+
+
+def _accept_registration(answer: Message, request: Request, token: str) -> tuple[int, bytes]:
+    """Check the registration reply came from a server that knows the token."""
+    signed, signature = signing.open_envelope(answer.body, MAX_MESSAGE_BYTES)
+    reply = messages.decode_reply(signed, messages.REGISTER)
+    if reply.status != messages.OK:
+        raise_for(reply, messages.REGISTER)
+    node_id, server_key = reply.body["node"], reply.body["server_key"]
+    signing.verify(signed, signature, signing.load_public_key(server_key))
+    expected = signing.registration_proof(
+        signing.token_digest(token), node_id, server_key, request.request_id
+    )
+    if not signing.proofs_match(expected, reply.body["proof"]):
+        raise SignatureError("the registration reply does not prove knowledge of the token")
+    return node_id, server_key
+
+
+def raise_for(reply: Reply, kind: str) -> None:
+    """Raise the error an error reply stands for."""
+    code, reason = reply.code or "error", reply.reason or ""
+    if kind == messages.PUSH:
+        if code == "pull-required":
+            raise PullRequired(code, reason)
+        raise PushRejected(code, reason)
+    raise ReplyRejected(code, reason)

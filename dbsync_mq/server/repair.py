@@ -1,0 +1,56 @@
+"""Repair: a consistent snapshot of every table nodes may read, streamed in chunks.
+
+The snapshot is read in one transaction (``REPEATABLE READ`` on PostgreSQL, a
+read transaction on SQLite's WAL), together with the version it corresponds to,
+and never held in memory whole: rows are fetched and sent a chunk at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from dbsync_mq.core.changeset import encode_changes
+from dbsync_mq.core.model import INSERT, Change
+from dbsync_mq.server import state
+from dbsync_mq.storage.engine import database_errors
+from dbsync_mq.storage.models import ModelSet, TrackedModel
+from dbsync_mq.storage.values import to_wire
+
+
+def snapshot_bodies(engine: Engine, models: ModelSet, chunk_rows: int) -> Iterator[dict[str, Any]]:
+    """Reply bodies: ``{version, table, rows, total}`` per chunk; at least one."""
+    with database_errors(), engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            version = state.read_head(connection)
+            sent = False
+            for model in models:
+                if not model.pulled:
+                    continue
+                for body in _table_chunks(connection, model, chunk_rows):
+                    sent = True
+                    yield {"version": version, **body}
+            if not sent:
+                yield {"version": version, "table": None, "rows": encode_changes([]), "total": 0}
+
+
+def _table_chunks(
+    connection: Connection, model: TrackedModel, chunk_rows: int
+) -> Iterator[dict[str, Any]]:
+    table = model.table
+    total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    if total == 0:
+        return
+    statement = sa.select(table).order_by(*(table.c[name] for name in model.key_columns))
+    result = connection.execution_options(yield_per=chunk_rows).execute(statement)
+    for partition in result.mappings().partitions():
+        changes = []
+        for row in partition:
+            values = {name: to_wire(value) for name, value in row.items()}
+            changes.append(Change(model.name, model.key_of(values), INSERT, 0, values))
+        yield {"table": model.name, "rows": encode_changes(changes), "total": total}

@@ -1,0 +1,146 @@
+"""Writes made on the server with ordinary ORM sessions become versions nodes pull."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import dbsync_mq.server
+from dbsync_mq import PullRequired
+from dbsync_mq.storage import schema
+from tests.conftest import table_rows, write
+from tests.models import City, Country, Person, Reading
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def server_engine(worker_config) -> Iterator[sa.Engine]:
+    """The server application's own engine, with server-side writes installed."""
+    engine = sa.create_engine(worker_config.database_url)
+    dbsync_mq.server.install(engine)
+    yield engine
+    dbsync_mq.server.uninstall(engine)
+    engine.dispose()
+
+
+def versions(engine: sa.Engine) -> list[tuple[int, int | None]]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(schema.versions.c.id, schema.versions.c.node_id).order_by(
+                schema.versions.c.id
+            )
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_a_server_side_write_made_while_a_node_is_offline_reaches_it(
+    make_node, worker, server_engine
+):
+    # Given a node that works offline while an admin edits the server
+    node = make_node("a")
+    write(node.engine, City(name="from the node"))
+    with Session(server_engine) as session:
+        session.add_all([City(name="from the admin"), Country(name="Peru")])
+        session.commit()
+    assert versions(server_engine) == [(1, None)]
+
+    # When the node comes back and syncs
+    result = node.sync()
+
+    # Then it holds the admin's rows, and the server holds the node's
+    assert result.pulled == 2
+    assert table_rows(node.engine) == table_rows(server_engine)
+    assert table_rows(node.engine, (Country,))["country"] == [(1, "Peru")]
+    assert sorted(row[1] for row in table_rows(server_engine)["city"]) == [
+        "from the admin",
+        "from the node",
+    ]
+
+
+def test_a_rolled_back_server_transaction_makes_no_version(worker, server_engine):
+    with Session(server_engine) as session:
+        session.add(City(name="never"))
+        session.flush()
+        session.rollback()
+    with Session(server_engine) as session:
+        session.add(Reading(value=1.0))  # push-only rows never travel: no version
+        session.commit()
+    assert versions(server_engine) == []
+
+
+def test_server_side_updates_and_deletes_travel_as_changes(make_node, worker, server_engine):
+    node = make_node("a")
+    with Session(server_engine) as session:
+        lima = City(name="Lima")
+        session.add(lima)
+        session.flush()
+        session.add(Person(name="Ana", city_id=lima.id))
+        session.commit()
+    node.sync()
+    with Session(server_engine) as session:
+        session.scalars(sa.select(City)).one().population = 99
+        session.delete(session.scalars(sa.select(Person)).one())
+        session.commit()
+    node.sync()
+    assert table_rows(node.engine) == table_rows(server_engine)
+    assert table_rows(node.engine)["person"] == []
+    assert table_rows(node.engine)["city"][0][2] == 99
+
+
+@pytest.mark.parametrize("server_url", ["postgresql"], indirect=True)
+def test_concurrent_server_writes_and_pushes_leave_no_gap_and_lose_nothing(
+    make_node, worker, server_engine
+):
+    # Given ten nodes and an admin all writing at the same time
+    nodes = [make_node(f"n{i}") for i in range(10)]
+    for index, node in enumerate(nodes):
+        write(node.engine, *(City(name=f"node{index}-{j}") for j in range(3)))
+    failures: list[BaseException] = []
+
+    def push_until_accepted(node):
+        try:
+            for _attempt in range(50):
+                try:
+                    node.push()
+                    return
+                except PullRequired:
+                    node.pull()
+            raise AssertionError("never accepted")
+        except BaseException as exc:
+            failures.append(exc)
+
+    def admin_writes():
+        try:
+            for j in range(10):
+                with Session(server_engine) as session:
+                    session.add(City(name=f"admin-{j}"))
+                    session.commit()
+        except BaseException as exc:
+            failures.append(exc)
+
+    # When they all run concurrently
+    threads = [threading.Thread(target=push_until_accepted, args=(n,)) for n in nodes]
+    threads.append(threading.Thread(target=admin_writes))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+
+    # Then versions run 1..N without a gap: ten pushes and ten admin transactions
+    ids = [version for version, _node in versions(server_engine)]
+    assert ids == list(range(1, 21))
+    assert sum(node_id is None for _v, node_id in versions(server_engine)) == 10
+
+    # And every row exists exactly once, on the server and on every node after a pull
+    names = sorted(row[1] for row in table_rows(server_engine)["city"])
+    expected = sorted([f"node{i}-{j}" for i in range(10) for j in range(3)])
+    assert names == sorted(expected + [f"admin-{j}" for j in range(10)])
+    for node in nodes:
+        node.sync()
+        assert table_rows(node.engine) == table_rows(server_engine)
