@@ -20,6 +20,7 @@ from dbsync_mq.errors import (
     CodecError,
     ConfigurationError,
     DatabaseUnavailable,
+    ExtensionError,
     MergeError,
     NotRegistered,
     PendingChanges,
@@ -34,6 +35,7 @@ from dbsync_mq.errors import (
     TrackingError,
     UniqueConstraintError,
 )
+from dbsync_mq.extensions import ExtensionFailure, extend
 from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
 from dbsync_mq.storage.tracking import track, untracked
 
@@ -44,6 +46,8 @@ __all__ = [
     "Conflict",
     "ConflictCase",
     "DatabaseUnavailable",
+    "ExtensionError",
+    "ExtensionFailure",
     "MergeError",
     "NotRegistered",
     "PendingChanges",
@@ -63,6 +67,7 @@ __all__ = [
     "SyncTimeout",
     "TrackingError",
     "UniqueConstraintError",
+    "extend",
     "track",
     "untracked",
 ]

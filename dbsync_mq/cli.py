@@ -11,6 +11,14 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from dbsync_mq import commands
@@ -223,6 +231,39 @@ def status(database_url: str, broker_url: str, namespace: str) -> None:
     for name, depth in report.queues.items():
         queues.add_row(name, str(depth))
     console.print(queues)
+
+
+@main.command()
+@click.option("--db", "database_url", required=True, help="The node's database URL.")
+@_models
+@_broker
+@_namespace
+@click.option("--force", is_flag=True, help="Discard local changes that were never pushed.")
+@_fail_cleanly
+def repair(database_url: str, models: str, broker_url: str, namespace: str, force: bool) -> None:
+    """Replace a node's tracked tables with the server's, showing progress."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def show(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = bar.add_task(table, total=total)
+            bar.update(tasks[table], completed=done)
+
+        result = commands.repair(
+            database_url, split_modules(models), broker_url, namespace, force=force, progress=show
+        )
+    click.echo(
+        f"repaired: {result.rows} rows at version {result.version}"
+        + (f", {result.discarded} unpushed local changes discarded" if result.discarded else ""),
+        err=True,
+    )
 
 
 @main.command()

@@ -22,9 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import attributes, make_transient_to_detached
 
 from dbsync_mq import channel
 from dbsync_mq.channel import NodeChannel
@@ -32,7 +30,7 @@ from dbsync_mq.config import DEFAULT_BROKER_URL, MAX_MESSAGE_BYTES, REQUEST_TIME
 from dbsync_mq.core import messages, signing
 from dbsync_mq.core.changeset import decode_changes, encode_changes
 from dbsync_mq.core.compression import compress_local
-from dbsync_mq.core.merge import Policy, check_policy, plan_merge
+from dbsync_mq.core.merge import MergePlan, Policy, check_policy, plan_merge
 from dbsync_mq.core.messages import Reply
 from dbsync_mq.core.model import DELETE, Change, RowKey
 from dbsync_mq.errors import (
@@ -44,6 +42,7 @@ from dbsync_mq.errors import (
     PushRejected,
     UniqueConstraintError,
 )
+from dbsync_mq.extensions import run_callbacks
 from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
 from dbsync_mq.storage import local, schema, tracking
 from dbsync_mq.storage.apply import delete_all, insert_rows
@@ -151,19 +150,22 @@ class SyncClient:
     ) -> SyncResult:
         """Push local changes, pulling and merging first whenever the server is ahead."""
         with self._lock:
-            pulled, conflicts = 0, []
+            pulls: list[PullResult] = []
             for _attempt in range(max_attempts):
                 try:
                     pushed = self.push(extra_data=extra_data)
                 except PullRequired:
-                    result = self.pull(extra_data=extra_data)
-                    pulled += result.changes
-                    conflicts.extend(result.conflicts)
+                    pulls.append(self.pull(extra_data=extra_data))
                     continue
-                if pushed.operations == 0 and pulled == 0:
-                    result = self.pull(extra_data=extra_data)
-                    pulled, conflicts = result.changes, result.conflicts
-                return SyncResult(self.version, pushed.operations, pulled, conflicts)
+                if pushed.operations == 0 and not pulls:
+                    pulls.append(self.pull(extra_data=extra_data))
+                return SyncResult(
+                    self.version,
+                    pushed.operations,
+                    sum(pull.changes for pull in pulls),
+                    [conflict for pull in pulls for conflict in pull.conflicts],
+                    [failure for pull in pulls for failure in pull.extension_failures],
+                )
             raise PullRequired("pull-required", f"still behind after {max_attempts} attempts")
 
     def push(self, *, extra_data: Mapping[str, Any] | None = None) -> PushResult:
@@ -287,10 +289,8 @@ class SyncClient:
         with self._lock:
             _rid, replies = self._channel().call(messages.QUERY, body, extra_data)
             reply = next(iter(replies))
-        return [
-            _detached(model, tracked.attributes, change.values or {})
-            for change in decode_changes(reply.body["rows"])
-        ]
+        rows = decode_changes(reply.body["rows"])
+        return [tracked.instance(change.values or {}) for change in rows]
 
     def ping(self, *, extra_data: Mapping[str, Any] | None = None) -> PingResult:
         """Ask a worker for the server's version: proves the whole path works."""
@@ -411,7 +411,8 @@ class SyncClient:
                 conflict.key,
                 conflict.winner,
             )
-        return PullResult(version, len(changes), plan.conflicts)
+        failures = run_callbacks(self.models, _applied(plan, changes))
+        return PullResult(version, len(changes), plan.conflicts, failures)
 
     # --- identity -----------------------------------------------------------------------
 
@@ -439,18 +440,22 @@ class SyncClient:
         return int(self._clock() * 1000)
 
 
+def _applied(plan: MergePlan, changes: list[Change]) -> list[Change]:
+    """The remote changes the merge applied as they were (their extensions follow them)."""
+    applied = []
+    for change in changes:
+        key = change.row_key
+        if change.command == DELETE:
+            if key in plan.deletes:
+                applied.append(change)
+        elif change.extensions and change.values in (plan.inserts.get(key), plan.updates.get(key)):
+            applied.append(change)
+    return applied
+
+
 def _drop_own_push(connection: Connection, own_request_ids: set[str]) -> None:
     """A pull that contains this node's in-flight push settles it as accepted."""
     push = local.load_inflight(connection)
     if push is not None and push.request_id in own_request_ids:
         local.remove_operations(connection, push.operation_ids)
         local.delete_inflight(connection, push.request_id)
-
-
-def _detached(model: type[M], attributes_by_column: Mapping[str, str], row: Mapping[str, Any]) -> M:
-    """An instance of ``model`` holding ``row``, detached: in no session, with its identity."""
-    instance: Any = sa.inspect(model).class_manager.new_instance()
-    for column, value in row.items():
-        attributes.set_committed_value(instance, attributes_by_column[column], value)
-    make_transient_to_detached(instance)
-    return instance  # type: ignore[no-any-return]

@@ -13,7 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dbsync_mq.client import Progress
 from dbsync_mq.config import WorkerConfig
+from dbsync_mq.results import RepairResult
 from dbsync_mq.server import initialize, issue_enrollment
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.engine import read_transaction, write_transaction
@@ -110,6 +112,34 @@ def status(database_url: str, broker_url: str, namespace: str = "dbsync") -> Sta
     except Exception as exc:  # status still reports the database when the broker is down
         return Status(version, nodes, {}, broker_error=str(exc))
     return Status(version, nodes, queues)
+
+
+def repair(
+    database_url: str,
+    models: tuple[str, ...],
+    broker_url: str,
+    namespace: str = "dbsync",
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> RepairResult:
+    """Replace a node's tracked tables with the server's (see ``SyncClient.repair``)."""
+    from dbsync_mq.client import SyncClient
+    from worker.process import load_models
+
+    model_set = load_models(models)
+    engine = sa.create_engine(database_url)
+    try:
+        client = SyncClient(
+            engine,
+            broker_url=broker_url,
+            namespace=namespace,
+            models=[model.cls for model in model_set],
+        )
+        with client:
+            return client.repair(force=force, progress=progress)
+    finally:
+        engine.dispose()
 
 
 def worker(config: WorkerConfig) -> int:

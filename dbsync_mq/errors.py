@@ -7,6 +7,7 @@
     ├── NotRegistered             the node has no identity yet: call register()
     ├── PendingChanges            local changes not pushed yet would be discarded
     ├── TrackingError             a write the change capture cannot record safely
+    ├── ExtensionError            an extension callback failed
     ├── CodecError                a value that cannot be encoded or decoded
     ├── ProtocolError             a message that is malformed or not authentic
     │   └── SignatureError        the signature does not verify
@@ -64,6 +65,17 @@ class PendingChanges(SyncError):
 
 class TrackingError(SyncError):
     """A write on a tracked model that the change capture cannot record safely."""
+
+
+class ExtensionError(SyncError):
+    """An extension's ``load`` failed, so a push was not sent; ``failures`` says which."""
+
+    def __init__(self, failures: Sequence[Any]) -> None:
+        super().__init__(
+            "extension callbacks failed: "
+            + ", ".join(f"{f.extension} of {f.table}[{f.key!r}]: {f.error}" for f in failures)
+        )
+        self.failures = list(failures)
 
 
 class CodecError(SyncError):

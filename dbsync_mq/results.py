@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dbsync_mq.core.merge import Conflict
+from dbsync_mq.extensions import ExtensionFailure
 
 
 @dataclass(frozen=True)
@@ -17,21 +18,25 @@ class PushResult:
 
 @dataclass(frozen=True)
 class PullResult:
-    """A pull: the version merged, how many remote changes, the conflicts resolved."""
+    """A pull: the version merged, how many remote changes, the conflicts resolved, and
+    the extension callbacks that failed after the merge was committed."""
 
     version: int
     changes: int
     conflicts: list[Conflict] = field(default_factory=list)
+    extension_failures: list[ExtensionFailure] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    """A sync: pushes and pulls until the node and the server agree."""
+    """A sync: pushes and pulls until the node and the server agree; what the pulls
+    resolved and which extension callbacks failed."""
 
     version: int
     pushed: int
     pulled: int
     conflicts: list[Conflict] = field(default_factory=list)
+    extension_failures: list[ExtensionFailure] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

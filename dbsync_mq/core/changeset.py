@@ -2,10 +2,11 @@
 
 ::
 
-    [[table, [column, ...], [[command, key, hlc, clocks, values], ...]], ...]
+    [[table, [column, ...], [[command, key, hlc, clocks, values, extensions?], ...]], ...]
 
 ``clocks`` maps column positions to stamps (or is nil); ``values`` lists the row
-in column order (or is nil for deletes). Composite keys travel as arrays. The
+in column order (or is nil for deletes); the optional ``extensions`` maps
+extension names to their data. Composite keys travel as arrays. The
 decoder checks every field's shape and raises ``ProtocolError`` naming it.
 """
 
@@ -46,7 +47,10 @@ def _row(change: Change, columns: dict[str, int]) -> list[Any]:
             columns.setdefault(name, len(columns)): hlc for name, hlc in change.clocks.items()
         }
     key = list(change.key) if isinstance(change.key, tuple) else change.key
-    return [change.command, key, change.hlc, clocks, values]
+    row: list[Any] = [change.command, key, change.hlc, clocks, values]
+    if change.extensions:
+        row.append(dict(change.extensions))
+    return row
 
 
 def decode_changes(data: bytes) -> list[Change]:
@@ -79,9 +83,18 @@ def _decode_section(section: Any) -> Iterable[Change]:
 
 
 def _decode_row(table: str, columns: Sequence[str], row: Any) -> Change:
-    if not isinstance(row, list) or len(row) != 5:
-        raise ProtocolError(f"changes: a row of {table!r} is [command, key, hlc, clocks, values]")
-    command, key, hlc, clocks, values = row
+    if not isinstance(row, list) or len(row) not in (5, 6):
+        raise ProtocolError(
+            f"changes: a row of {table!r} is [command, key, hlc, clocks, values, extensions?]"
+        )
+    command, key, hlc, clocks, values = row[:5]
+    extensions = row[5] if len(row) == 6 else None
+    if len(row) == 6 and (
+        not isinstance(extensions, dict)
+        or not extensions
+        or not all(_is_name(name) for name in extensions)
+    ):
+        raise ProtocolError(f"changes: extensions of a row of {table!r} must be a map by name")
     if not _is_command(command):
         raise ProtocolError(f"changes: unknown command {command!r} in {table!r}")
     if not isinstance(hlc, int) or isinstance(hlc, bool) or hlc < 0:
@@ -93,6 +106,7 @@ def _decode_row(table: str, columns: Sequence[str], row: Any) -> Change:
         hlc=hlc,
         values=_decode_values(table, columns, values),
         clocks=_decode_clocks(table, columns, clocks),
+        extensions=extensions or None,
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, Operation, Row, RowKey
 
@@ -50,6 +50,7 @@ class _RemoteRow:
     hlc: int
     clocks: dict[str, int] = field(default_factory=dict)
     values: Row | None = None
+    extensions: dict[str, Any] | None = None
 
 
 def _merge_clocks(into: dict[str, int], clocks: Mapping[str, int]) -> None:
@@ -116,6 +117,8 @@ def compress_remote(changes: Iterable[Change]) -> list[Change]:
         row.hlc = max(row.hlc, change.hlc)
         if change.values is not None:
             row.values = change.values
+        if change.extensions:
+            row.extensions = {**(row.extensions or {}), **change.extensions}
         _merge_clocks(row.clocks, change.clocks)
     result = []
     for (table, key), row in rows.items():
@@ -126,7 +129,8 @@ def compress_remote(changes: Iterable[Change]) -> list[Change]:
         if command == UPDATE and row.first == DELETE and row.values is not None:
             clocks = dict.fromkeys(row.values, row.hlc)
         values = None if command == DELETE else row.values
-        result.append(Change(table, key, command, row.hlc, values, clocks))
+        extensions = None if command == DELETE else row.extensions
+        result.append(Change(table, key, command, row.hlc, values, clocks, extensions))
     return result
 
 

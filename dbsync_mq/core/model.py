@@ -54,7 +54,8 @@ class Change:
     ``values`` holds the whole row for inserts and updates and is ``None`` for
     deletes (or holds the last known state, when the sender kept it).
     ``clocks`` maps each updated column to the hybrid logical clock stamp of its
-    latest write; ``hlc`` is the stamp of the change as a whole.
+    latest write; ``hlc`` is the stamp of the change as a whole. ``extensions``
+    carries the non-column data of the row's extensions, by name.
     """
 
     table: str
@@ -63,6 +64,7 @@ class Change:
     hlc: int
     values: Row | None = None
     clocks: Mapping[str, int] = field(default_factory=dict)
+    extensions: Mapping[str, Any] | None = None
 
     @property
     def row_key(self) -> RowKey:

@@ -25,6 +25,7 @@ from dbsync_mq.core.changeset import decode_changes
 from dbsync_mq.core.messages import Reply, Request
 from dbsync_mq.core.model import RowKey
 from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
+from dbsync_mq.extensions import run_callbacks
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.pull import pull_bodies, read_pull
@@ -186,6 +187,8 @@ class Server:
             )
             self._stage("in-transaction", request)
         self._stage("after-commit", request)
+        if accepted.version is not None:
+            run_callbacks(self.models, changes)
         outgoing = [self._to_node(request, accepted.reply)]
         if accepted.version is not None:
             outgoing.append(self._event(accepted.version))

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbsync_mq.core.changeset import encode_changes
 from dbsync_mq.core.hlc import HybridClock
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, Key, RowKey, Write
+from dbsync_mq.extensions import load_data
 from dbsync_mq.server import state
 from dbsync_mq.storage import schema, tracking
 from dbsync_mq.storage.apply import read_rows
@@ -88,11 +89,12 @@ class VersionWriter:
                 if command != INSERT:
                     changes.append(Change(table, key, DELETE, hlc))
                 continue
+            extensions = load_data(self.models.get(table), row)
             if command == INSERT:
-                changes.append(Change(table, key, INSERT, hlc, row))
+                changes.append(Change(table, key, INSERT, hlc, row, extensions=extensions))
             else:
-                stamped = columns[table, key] or set(row)
-                changes.append(Change(table, key, UPDATE, hlc, row, dict.fromkeys(stamped, hlc)))
+                clocks = dict.fromkeys(columns[table, key] or set(row), hlc)
+                changes.append(Change(table, key, UPDATE, hlc, row, clocks, extensions))
         return changes
 
 

@@ -17,6 +17,7 @@ from dbsync_mq.core import codec
 from dbsync_mq.core.hlc import HybridClock
 from dbsync_mq.core.model import DELETE, UPDATE, Change, Key, Operation, Write
 from dbsync_mq.errors import ConfigurationError
+from dbsync_mq.extensions import load_data
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import batches, read_rows
 from dbsync_mq.storage.models import ModelSet, TrackedModel
@@ -133,7 +134,9 @@ def attach_rows(
         if change.command == DELETE:
             ready.append(change)
         elif change.row_key in rows:
-            ready.append(replace(change, values=rows[change.row_key]))
+            row = rows[change.row_key]
+            extensions = load_data(models.get(change.table), row)
+            ready.append(replace(change, values=row, extensions=extensions))
         else:
             logger.warning("%s row %r vanished without a logged delete", change.table, change.key)
             if change.command == UPDATE:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from dbsync_mq.core.model import Key, Reference, Schema, TableShape
 from dbsync_mq.errors import ConfigurationError
@@ -66,6 +67,15 @@ class TrackedModel:
             key: Key = row[self.key_columns[0]]
             return key
         return tuple(row[name] for name in self.key_columns)
+
+    def instance(self, row: Mapping[str, Any]) -> Any:
+        """An object of the model holding ``row``: detached, in no session, with its identity."""
+        instance: Any = sa.inspect(self.cls).class_manager.new_instance()
+        for column, value in row.items():
+            if column in self.attributes:
+                set_committed_value(instance, self.attributes[column], value)
+        make_transient_to_detached(instance)
+        return instance
 
     def key_clause(self, key: Key) -> sa.ColumnElement[bool]:
         """A WHERE clause selecting the row with primary key ``key``."""

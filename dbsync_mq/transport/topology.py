@@ -38,6 +38,23 @@ def is_direct_reply_address(address: str) -> bool:
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+DEFAULT_EXCHANGE: Final = "amq.default"
+"""The name RabbitMQ's permissions give the default (nameless) exchange."""
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """RabbitMQ permission patterns of one user in the vhost (see deploy/rabbitmq/)."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def _only(*names: str) -> str:
+    """A permission pattern matching exactly ``names`` (or nothing when none)."""
+    return "^(" + "|".join(re.escape(name) for name in names) + ")$" if names else "^$"
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -96,3 +113,29 @@ class Topology:
     @property
     def node_queue_arguments(self) -> Mapping[str, Any]:
         return {"x-expires": self.node_queue_expiry_ms}
+
+    # --- broker permissions ---------------------------------------------------------
+
+    def node_permissions(self, node_id: int) -> Permissions:
+        """A node publishes requests and declares and reads its own reply queue; nothing
+        else (it binds nothing: replies reach its queue through the default exchange)."""
+        queue = self.node_queue(node_id)
+        return Permissions(
+            configure=_only(queue), write=_only(self.requests_exchange), read=_only(queue)
+        )
+
+    def enrollment_permissions(self) -> Permissions:
+        """A device not yet registered only publishes requests (its registration is
+        answered through direct reply-to, which needs no permission)."""
+        return Permissions(configure=_only(), write=_only(self.requests_exchange), read=_only())
+
+    def worker_permissions(self) -> Permissions:
+        """The worker declares the topology, consumes the request queues, and publishes
+        replies (default exchange, direct reply-to) and events."""
+        queues = (*self.request_queues, self.dead_letter_queue)
+        exchanges = (self.requests_exchange, self.events_exchange, self.dead_letter_exchange)
+        return Permissions(
+            configure=_only(*exchanges, *queues),
+            write=_only(*queues, self.events_exchange, DEFAULT_EXCHANGE),
+            read=_only(self.requests_exchange, self.dead_letter_exchange, *self.request_queues),
+        )

@@ -4,8 +4,9 @@ Each generated scenario: three nodes, each with its own conflict policy, make
 random inserts, updates and deletes on related tables (a parent, a child with a
 foreign key, a unique column, an association table, a self-referencing tree,
 UUID-keyed rows) while offline, in rounds, syncing in a random order between
-rounds, while an administrator writes to the server database directly. Afterwards every node syncs until nothing is left to push, and every
-node's tables must equal the server's, row for row, with no dangling reference.
+rounds, while an administrator writes to the server database directly.
+Afterwards every node syncs until nothing is left to push, and every node's
+tables must equal the server's, row for row, with no dangling reference.
 Unique clashes are settled the way an application would: by renaming or
 deleting its own row and syncing again.
 """

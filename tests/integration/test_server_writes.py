@@ -92,6 +92,41 @@ def test_server_side_updates_and_deletes_travel_as_changes(make_node, worker, se
     assert table_rows(node.engine)["city"][0][2] == 99
 
 
+def push_until_accepted(node, attempts: int = 50) -> None:
+    for _attempt in range(attempts):
+        try:
+            node.push()
+            return
+        except PullRequired:
+            node.pull()
+    raise AssertionError("never accepted")
+
+
+def admin_writes(engine: sa.Engine, count: int) -> None:
+    for j in range(count):
+        with Session(engine) as session:
+            session.add(City(name=f"admin-{j}"))
+            session.commit()
+
+
+def run_concurrently(*functions) -> list[BaseException]:
+    """Run each function in a thread of its own; return what they raised."""
+    failures: list[BaseException] = []
+
+    def guarded(function):
+        try:
+            function()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(f,)) for f in functions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return failures
+
+
 @pytest.mark.parametrize("server_url", ["postgresql"], indirect=True)
 def test_concurrent_server_writes_and_pushes_leave_no_gap_and_lose_nothing(
     make_node, worker, server_engine
@@ -100,36 +135,12 @@ def test_concurrent_server_writes_and_pushes_leave_no_gap_and_lose_nothing(
     nodes = [make_node(f"n{i}") for i in range(10)]
     for index, node in enumerate(nodes):
         write(node.engine, *(City(name=f"node{index}-{j}") for j in range(3)))
-    failures: list[BaseException] = []
-
-    def push_until_accepted(node):
-        try:
-            for _attempt in range(50):
-                try:
-                    node.push()
-                    return
-                except PullRequired:
-                    node.pull()
-            raise AssertionError("never accepted")
-        except BaseException as exc:
-            failures.append(exc)
-
-    def admin_writes():
-        try:
-            for j in range(10):
-                with Session(server_engine) as session:
-                    session.add(City(name=f"admin-{j}"))
-                    session.commit()
-        except BaseException as exc:
-            failures.append(exc)
 
     # When they all run concurrently
-    threads = [threading.Thread(target=push_until_accepted, args=(n,)) for n in nodes]
-    threads.append(threading.Thread(target=admin_writes))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    failures = run_concurrently(
+        *(lambda node=node: push_until_accepted(node) for node in nodes),
+        lambda: admin_writes(server_engine, 10),
+    )
     assert failures == []
 
     # Then versions run 1..N without a gap: ten pushes and ten admin transactions

@@ -148,6 +148,8 @@ PUBLIC_NAMES = {
     "Conflict",
     "ConflictCase",
     "DatabaseUnavailable",
+    "ExtensionError",
+    "ExtensionFailure",
     "MergeError",
     "NotRegistered",
     "PendingChanges",
@@ -167,6 +169,7 @@ PUBLIC_NAMES = {
     "SyncTimeout",
     "TrackingError",
     "UniqueConstraintError",
+    "extend",
     "track",
     "untracked",
 }

@@ -30,7 +30,7 @@ REPLY_BODIES: dict[str, dict[str, Any]] = {
     messages.PUSH: {"version": 4, "base": 3},
     messages.PULL: {"version": 4, "changes": b"\x90", "versions": [4], "parents": b"\x90"},
     messages.REGISTER: {"node": 1, "server_key": b"k" * 32, "proof": b"p" * 32},
-    messages.REPAIR: {"version": 4, "table": "city", "rows": b"\x90"},
+    messages.REPAIR: {"version": 4, "table": "city", "rows": b"\x90", "total": 1},
     messages.QUERY: {"rows": b"\x90"},
     messages.PING: {"version": 4},
 }
