@@ -15,11 +15,13 @@ simply be called again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
@@ -30,9 +32,9 @@ from dbsync_mq.config import DEFAULT_BROKER_URL, MAX_MESSAGE_BYTES, REQUEST_TIME
 from dbsync_mq.core import messages, signing
 from dbsync_mq.core.changeset import decode_changes, encode_changes
 from dbsync_mq.core.compression import compress_local
-from dbsync_mq.core.merge import MergePlan, Policy, check_policy, plan_merge
+from dbsync_mq.core.merge import Policy, check_policy
 from dbsync_mq.core.messages import Reply
-from dbsync_mq.core.model import DELETE, Change, RowKey
+from dbsync_mq.core.model import DELETE
 from dbsync_mq.errors import (
     ConfigurationError,
     MergeError,
@@ -47,7 +49,7 @@ from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, 
 from dbsync_mq.storage import local, schema, tracking
 from dbsync_mq.storage.apply import delete_all, insert_rows
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
-from dbsync_mq.storage.merging import apply_plan, load_merge_input
+from dbsync_mq.storage.merging import Pulled, merge_pulled
 from dbsync_mq.storage.models import ModelSet, tracked_model
 from dbsync_mq.transport.rabbitmq import BrokerClient
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Topology
@@ -157,7 +159,10 @@ class SyncClient:
                 except PullRequired:
                     pulls.append(self.pull(extra_data=extra_data))
                     continue
-                if pushed.operations == 0 and not pulls:
+                behind = pushed.accepted_version is not None and pushed.version < (
+                    pushed.accepted_version
+                )
+                if behind or (pushed.operations == 0 and not pulls):
                     pulls.append(self.pull(extra_data=extra_data))
                 return SyncResult(
                     self.version,
@@ -193,16 +198,14 @@ class SyncClient:
                 ]
             body = {"since": identity.version, "deleted": encode_changes(deleted)}
             _rid, replies = self._channel().call(messages.PULL, body, extra_data)
-            version = identity.version
-            changes: list[Change] = []
-            parents: dict[RowKey, Any] = {}
-            own: set[str] = set()
+            pulled = Pulled(identity.version)
             for reply in replies:
-                version = reply.body["version"]
-                changes.extend(decode_changes(reply.body["changes"]))
-                parents.update((c.row_key, c.values) for c in decode_changes(reply.body["parents"]))
-                own.update(str(entry[1]) for entry in reply.body["versions"] if len(entry) == 2)
-            return self._merge(identity, version, changes, parents, own)
+                pulled.version = reply.body["version"]
+                pulled.chunks.append(reply.body["changes"])
+                for parent in decode_changes(reply.body["parents"]):
+                    pulled.parents[parent.row_key] = parent.values or {}
+                pulled.own.update(str(e[1]) for e in reply.body["versions"] if len(e) == 2)
+            return self._merge(identity, pulled)
 
     # --- other requests -------------------------------------------------------------
 
@@ -369,41 +372,41 @@ class SyncClient:
             with write_transaction(self.engine) as connection:
                 local.delete_inflight(connection, push.request_id)
             raise
+        accepted = reply.body["version"]
+        # Applied right after the node's version: the node now has that version. Applied
+        # on top of versions it has not pulled: it stays where it is until it pulls them.
+        version = accepted if accepted == push.base_version + 1 else push.base_version
         with write_transaction(self.engine) as connection:
             local.delete_inflight(connection, push.request_id)
             local.remove_operations(connection, push.operation_ids)
-            local.set_position(connection, reply.body["version"])
+            local.set_position(connection, version)
         self._identity = None
-        return PushResult(reply.body["version"], count)
+        return PushResult(version, count, accepted)
 
     # --- pull internals ---------------------------------------------------------------
 
-    def _merge(
-        self,
-        identity: local.Identity,
-        version: int,
-        changes: list[Change],
-        parents: dict[RowKey, Any],
-        own: set[str],
-    ) -> PullResult:
-        with write_transaction(self.engine) as connection:
+    def _merge(self, identity: local.Identity, pulled: Pulled) -> PullResult:
+        with write_transaction(self.engine) as connection, _collector_paused():
             current = local.load_identity(connection)
             if current is None or current.version != identity.version:
                 raise MergeError("the local database moved during the pull; pull again")
-            _drop_own_push(connection, own)
-            local_changes = compress_local(local.unpushed(connection))
-            data = load_merge_input(connection, self.models, local_changes, changes, parents)
+            _drop_own_push(connection, pulled.own)
             try:
-                plan = plan_merge(self.models.schema, data, self.conflict_policy)
+                merged = merge_pulled(
+                    connection,
+                    self.models,
+                    pulled,
+                    self.conflict_policy,
+                    lambda: self._log.hlc.tick(self._now_ms()),
+                )
             except UniqueConstraintError as exc:
                 raise UniqueConstraintError(
                     [(self.models.get(str(t)).cls, key, cols) for t, key, cols in exc.entries]
                 ) from None
-            self._log.hlc.observe(plan.max_hlc)
-            apply_plan(connection, self.models, plan, lambda: self._log.hlc.tick(self._now_ms()))
-            local.set_position(connection, version, plan.max_hlc)
+            self._log.hlc.observe(merged.max_hlc)
+            local.set_position(connection, pulled.version, merged.max_hlc)
         self._identity = None
-        for conflict in plan.conflicts:
+        for conflict in merged.conflicts:
             logger.info(
                 "conflict %s on %s %r: %s won",
                 conflict.kind,
@@ -411,8 +414,8 @@ class SyncClient:
                 conflict.key,
                 conflict.winner,
             )
-        failures = run_callbacks(self.models, _applied(plan, changes))
-        return PullResult(version, len(changes), plan.conflicts, failures)
+        failures = run_callbacks(self.models, merged.applied)
+        return PullResult(pulled.version, merged.changes, merged.conflicts, failures)
 
     # --- identity -----------------------------------------------------------------------
 
@@ -440,22 +443,22 @@ class SyncClient:
         return int(self._clock() * 1000)
 
 
-def _applied(plan: MergePlan, changes: list[Change]) -> list[Change]:
-    """The remote changes the merge applied as they were (their extensions follow them)."""
-    applied = []
-    for change in changes:
-        key = change.row_key
-        if change.command == DELETE:
-            if key in plan.deletes:
-                applied.append(change)
-        elif change.extensions and change.values in (plan.inserts.get(key), plan.updates.get(key)):
-            applied.append(change)
-    return applied
-
-
 def _drop_own_push(connection: Connection, own_request_ids: set[str]) -> None:
     """A pull that contains this node's in-flight push settles it as accepted."""
     push = local.load_inflight(connection)
     if push is not None and push.request_id in own_request_ids:
         local.remove_operations(connection, push.operation_ids)
         local.delete_inflight(connection, push.request_id)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a merge allocates many objects that all
+    stay alive: full collections would walk them again and again, for nothing."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

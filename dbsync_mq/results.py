@@ -10,10 +10,14 @@ from dbsync_mq.extensions import ExtensionFailure
 
 @dataclass(frozen=True)
 class PushResult:
-    """A push: the version the node is at afterwards and how many rows it sent."""
+    """A push: the version the node is at afterwards, how many rows it sent, and the
+    version the server gave the push (``None`` when nothing was sent). When the push
+    was applied on top of versions the node has not pulled yet, ``version`` stays
+    below ``accepted_version`` until the next pull."""
 
     version: int
     operations: int
+    accepted_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dbsync_mq.extensions import run_callbacks
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.pull import pull_bodies, read_pull
-from dbsync_mq.server.push import PushJob, apply_push, decode_push
+from dbsync_mq.server.push import PushJob, apply_push, decode_push, hashable_key
 from dbsync_mq.server.query import run_query
 from dbsync_mq.server.register import register_node
 from dbsync_mq.server.repair import snapshot_bodies
@@ -174,16 +174,21 @@ class Server:
 
     def _push(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         digest = signing.body_digest(signed)
-        with read_transaction(self.engine) as connection:
-            stored = state.find_request(connection, request.request_id)
-        if stored is None:
-            self._check_window(request)
         changes = decode_push(self.models, request)
         self._stage("before-transaction", request)
         with write_transaction(self.engine) as connection:
+            job = PushJob(
+                connection,
+                self.models,
+                request,
+                node,
+                changes,
+                digest,
+                self.hooks,
+                check_fresh=lambda: self._check_window(request),
+            )
             accepted = apply_push(
-                PushJob(connection, self.models, request, node, changes, digest, self.hooks),
-                lambda version, base: self._seal(request, {"version": version, "base": base}),
+                job, lambda version, base: self._seal(request, {"version": version, "base": base})
             )
             self._stage("in-transaction", request)
         self._stage("after-commit", request)
@@ -369,7 +374,7 @@ def _deleted_keys(data: bytes) -> set[RowKey]:
         changes = decode_changes(data)
     except ProtocolError as exc:
         raise RequestRefused("malformed", f"deleted keys: {exc}") from None
-    return {change.row_key for change in changes}
+    return {hashable_key(change) for change in changes}
 
 
 def _dead_letter(reason: str, kind: str) -> Outcome:

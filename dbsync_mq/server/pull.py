@@ -3,7 +3,8 @@
 Versions store the packed changes of their push, each carrying the rows it
 wrote; the last change of a row in the range carries the row as it is now, so
 a pull never reads the application tables. Changes to push-only tables are left
-out: they never travel to clients.
+out: they never travel to clients; so are rows whose last change in the range
+was the pulling node's own push: it has them as they are.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def read_pull(
         raise RequestRefused("malformed", "a version is never negative")
     own: list[list[Any]] = []
     pulled = {model.name for model in models if model.pulled}
+    last_writer: dict[RowKey, int | None] = {}
 
     def changes() -> Iterator[Change]:
         v = schema.versions.c
@@ -70,9 +72,15 @@ def read_pull(
         for row in rows:
             if row.node_id == node_id:
                 own.append([row.id, row.request_id])
-            yield from (c for c in decode_changes(row.changes) if c.table in pulled)
+            for change in decode_changes(row.changes):
+                if change.table in pulled:
+                    last_writer[change.row_key] = row.node_id
+                    yield change
 
-    compressed = compress_remote(changes())
+    # A row last written by the node itself is as the node already has it.
+    compressed = [
+        change for change in compress_remote(changes()) if last_writer[change.row_key] != node_id
+    ]
     parents = referenced_rows(connection, models, compressed, deleted or set())
     return PullData(version=head, changes=compressed, own_versions=own, parents=parents)
 

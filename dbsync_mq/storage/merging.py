@@ -1,21 +1,31 @@
-"""The merge's edges: load what the pure merge needs, apply the plan it returns."""
+"""The merge's edges: load what the pure merge needs, apply the plan it returns.
+
+A pull arrives as packed chunks. When the node has local changes, all of them
+are merged at once (conflicts need the whole picture). When it has none, which
+is the common case of a node catching up, each chunk is merged and written on
+its own, so memory holds one decoded chunk at a time whatever the pull's size.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core import codec
-from dbsync_mq.core.merge import MergeInput, MergePlan, Rekey
+from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.compression import compress_local
+from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, Rekey, plan_merge
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
+from dbsync_mq.errors import UniqueConstraintError
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import RowWrites, batches, existing_keys, read_rows, write_rows
 from dbsync_mq.storage.engine import is_sqlite
-from dbsync_mq.storage.local import rekey_operations
+from dbsync_mq.storage.local import rekey_operations, unpushed
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.unique import rows_holding
 
@@ -152,3 +162,89 @@ def _edit_log(connection: Connection, plan: MergePlan, stamp: Callable[[], int])
                 for entry in plan.log_add
             ],
         )
+
+
+@dataclass
+class Pulled:
+    """A pull as received: the version reached, the packed chunks, the parents the
+    server sent for the node's unpushed deletes, and the node's own request ids."""
+
+    version: int
+    chunks: list[bytes] = field(default_factory=list)
+    parents: dict[RowKey, Row] = field(default_factory=dict)
+    own: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Merged:
+    """What merging a pull did: changes received, conflicts, the remote changes applied
+    as they were (for extension callbacks) and the highest clock stamp seen."""
+
+    changes: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    applied: list[Change] = field(default_factory=list)
+    max_hlc: int = 0
+
+    def add(self, plan: MergePlan, changes: list[Change]) -> None:
+        self.changes += len(changes)
+        self.conflicts.extend(plan.conflicts)
+        self.applied.extend(_applied_as_they_were(plan, changes))
+        self.max_hlc = max(self.max_hlc, plan.max_hlc)
+
+
+def merge_pulled(
+    connection: Connection,
+    models: ModelSet,
+    pulled: Pulled,
+    policy: Policy,
+    stamp: Callable[[], int],
+) -> Merged:
+    """Merge a pull into the local tables, inside the caller's write transaction."""
+    local_changes = compress_local(unpushed(connection))
+    merged = Merged()
+    if local_changes:
+        changes = [change for chunk in pulled.chunks for change in decode_changes(chunk)]
+        _merge_batch(
+            connection, models, local_changes, changes, pulled.parents, policy, stamp, merged
+        )
+        return merged
+    deferred: list[Change] = []
+    for chunk in pulled.chunks:
+        changes = decode_changes(chunk)
+        try:
+            _merge_batch(connection, models, [], changes, {}, policy, stamp, merged)
+        except UniqueConstraintError:
+            # A unique value moving between rows of different chunks: merge them together.
+            deferred.extend(changes)
+    if deferred:
+        _merge_batch(connection, models, [], deferred, {}, policy, stamp, merged)
+    return merged
+
+
+def _merge_batch(
+    connection: Connection,
+    models: ModelSet,
+    local_changes: list[Change],
+    changes: list[Change],
+    parents: Mapping[RowKey, Row],
+    policy: Policy,
+    stamp: Callable[[], int],
+    merged: Merged,
+) -> None:
+    data = load_merge_input(connection, models, local_changes, changes, parents)
+    plan = plan_merge(models.schema, data, policy)
+    apply_plan(connection, models, plan, stamp)
+    merged.add(plan, changes)
+
+
+def _applied_as_they_were(plan: MergePlan, changes: list[Change]) -> list[Change]:
+    """Remote changes the merge applied unchanged: their extensions follow them."""
+    applied = []
+    for change in changes:
+        key = change.row_key
+        if change.command == DELETE:
+            if key in plan.deletes:
+                applied.append(change)
+        elif change.extensions and change.values in (plan.inserts.get(key), plan.updates.get(key)):
+            applied.append(change)
+    return applied

@@ -171,6 +171,8 @@ class BrokerClient:
         self._topology = topology
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._declared: set[int] = set()
+        self._consumer: tuple[str, Iterator[Any]] | None = None
 
     def _open(self) -> BlockingChannel:
         if self._channel is not None and self._channel.is_open:
@@ -198,12 +200,20 @@ class BrokerClient:
 
         Nothing is bound: a node that may bind its queue to an exchange carrying
         every node's replies could bind it with another node's key and read them.
+        Declared once per connection; a queue deleted since (the broker cancels
+        its consumer) is declared again.
         """
+        if node_id in self._declared and self._connection is not None:
+            with self._session("check reply queue"):
+                self._connection.process_data_events(time_limit=0)  # a cancel, if any
+        if node_id in self._declared:
+            return
         queue = self._topology.node_queue(node_id)
         with self._session("declare reply queue") as channel:
             channel.queue_declare(
                 queue, durable=True, arguments=dict(self._topology.node_queue_arguments)
             )
+        self._declared.add(node_id)
 
     def publish(self, message: Message) -> None:
         """Publish a request to its kind's queue; return once the broker confirmed it."""
@@ -223,13 +233,12 @@ class BrokerClient:
         """
         queue = self._topology.node_queue(node_id)
         deadline = time.monotonic() + timeout
-        with self._session("receive replies") as channel:
-            try:
-                for method, properties, body in channel.consume(
-                    queue, inactivity_timeout=_POLL_SECONDS
-                ):
+        while True:
+            with self._session("receive replies") as channel:
+                for method, properties, body in self._replies(channel, queue):
                     if method is None:
                         if time.monotonic() >= deadline:
+                            self._forget_queue()
                             raise SyncTimeout(f"no reply to {correlation_id} in {timeout:g} s")
                         continue
                     # Acked before it is handled: a reply lost to a crash is asked for
@@ -242,9 +251,26 @@ class BrokerClient:
                         continue
                     yield _message(properties, body)
                     deadline = time.monotonic() + timeout
-            finally:
-                if channel.is_open:
-                    channel.cancel()
+            # The broker cancelled the consumer: the queue was deleted or expired.
+            self._forget_queue()
+
+    def _forget_queue(self) -> None:
+        """Declare the queue and start consuming again on the next call."""
+        self._declared.clear()
+        self._consumer = None
+
+    def _replies(self, channel: BlockingChannel, queue: str) -> Iterator[Any]:
+        """The consumer of the node's queue, kept open from one request to the next."""
+        if self._consumer is None or self._consumer[0] != queue:
+            if self._consumer is not None:
+                channel.cancel()
+            # Declared again: it may have vanished since (deleted, or expired offline).
+            channel.queue_declare(
+                queue, durable=True, arguments=dict(self._topology.node_queue_arguments)
+            )
+            channel.add_on_cancel_callback(lambda _frame: self._forget_queue())
+            self._consumer = (queue, channel.consume(queue, inactivity_timeout=_POLL_SECONDS))
+        return self._consumer[1]
 
     def call_direct(self, message: Message, timeout: float) -> Message:
         """Publish ``message`` and wait for its answer on RabbitMQ's direct reply-to."""
@@ -276,6 +302,8 @@ class BrokerClient:
         _close_quietly(self._connection)
         self._connection = None
         self._channel = None
+        self._declared.clear()
+        self._consumer = None
 
 
 class Consumer:

@@ -196,3 +196,49 @@ def test_without_a_broker_local_work_continues(tmp_path):
         client.register("token")
     with pytest.raises(NotRegistered):
         client.sync()
+
+
+def test_a_push_behind_the_server_on_other_rows_is_applied_on_top(make_node, worker, server_url):
+    # Given node a pushed while node b, offline, created rows of its own (UUID keys)
+    a, b = make_node("a"), make_node("b")
+    write(a.engine, Note(id=uuid.uuid4(), text="from a"))
+    a.push()
+    write(b.engine, Note(id=uuid.uuid4(), text="from b"))
+
+    # When b pushes from version 0, its push shares no row with version 1
+    result = b.push()
+
+    # Then it is applied as version 2 without a pull, and b stays at 0 until it pulls
+    assert (result.operations, result.accepted_version, result.version) == (1, 2, 0)
+    assert sorted(row[1] for row in server_rows(server_url)["note"]) == ["from a", "from b"]
+    b.pull()
+    assert b.version == 2
+    assert table_rows(b.engine) == server_rows(server_url)
+
+
+def test_a_push_behind_the_server_that_deletes_or_breaks_a_reference_must_pull_first(
+    make_node, worker, server_url
+):
+    a, b = make_node("a"), make_node("b")
+    write(a.engine, City(name="Lima"), Note(id=uuid.uuid4(), text="x"))
+    a.sync()
+    b.sync()
+    # a deletes the city; b, unaware, adds a person living there and deletes the note
+    with Session(a.engine) as session:
+        session.delete(session.scalars(sa.select(City)).one())
+        session.commit()
+    a.sync()
+    with Session(b.engine) as session:
+        city = session.scalars(sa.select(City)).one()
+        session.add(Person(name="Ana", city_id=city.id))
+        session.commit()
+    with pytest.raises(PullRequired):
+        b.push()  # the foreign key fails against version 2: back to pull
+
+    with Session(b.engine) as session:
+        session.delete(session.scalars(sa.select(Note)).one())
+        session.commit()
+    b.sync()  # the merge keeps the city (dependency), then everything converges
+    a.sync()
+    assert table_rows(a.engine) == table_rows(b.engine) == server_rows(server_url)
+    assert [row[1] for row in table_rows(a.engine)["city"]] == ["Lima"]
