@@ -15,13 +15,11 @@ simply be called again.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
@@ -46,6 +44,7 @@ from dbsync_mq.errors import (
 )
 from dbsync_mq.extensions import run_callbacks
 from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
+from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local, schema, tracking
 from dbsync_mq.storage.apply import delete_all, insert_rows
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
@@ -386,7 +385,7 @@ class SyncClient:
     # --- pull internals ---------------------------------------------------------------
 
     def _merge(self, identity: local.Identity, pulled: Pulled) -> PullResult:
-        with write_transaction(self.engine) as connection, _collector_paused():
+        with write_transaction(self.engine) as connection, collector_paused():
             current = local.load_identity(connection)
             if current is None or current.version != identity.version:
                 raise MergeError("the local database moved during the pull; pull again")
@@ -449,16 +448,3 @@ def _drop_own_push(connection: Connection, own_request_ids: set[str]) -> None:
     if push is not None and push.request_id in own_request_ids:
         local.remove_operations(connection, push.operation_ids)
         local.delete_inflight(connection, push.request_id)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a merge allocates many objects that all
-    stay alive: full collections would walk them again and again, for nothing."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

@@ -59,10 +59,15 @@ def load_models(module_names: Iterable[str]) -> ModelSet:
 
 
 def create_server_engine(url: str) -> sa.Engine:
-    """An engine suited to the worker: stale connections are detected before use."""
+    """An engine suited to the worker.
+
+    No ping before each use (it would cost a round trip per request): a connection
+    found dead fails the request with ``DatabaseUnavailable``, SQLAlchemy discards
+    the pool, and the retry gets a fresh connection.
+    """
     if url.startswith("sqlite"):
         return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url)
 
 
 class Backoff:

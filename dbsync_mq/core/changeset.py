@@ -12,8 +12,9 @@ decoder checks every field's shape and raises ``ProtocolError`` naming it.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeGuard
+from typing import Any, Final, TypeGuard
 
 from dbsync_mq.core import codec
 from dbsync_mq.core.model import COMMANDS, Change, Command, Key
@@ -21,16 +22,32 @@ from dbsync_mq.errors import CodecError, ProtocolError
 
 _NAME_LIMIT = 128
 
+DEFLATE_FROM: Final = 16 * 1024
+"""Packed changes at least this large travel deflated."""
+
+MAX_INFLATED_BYTES: Final = 256 * 1024 * 1024
+"""Deflated changes may not inflate beyond this (a small message cannot become a bomb)."""
+
+_DEFLATED: Final = b"\x00"
+
 
 def encode_changes(changes: Iterable[Change]) -> bytes:
-    """Serialize changes, grouping them by table in first-seen order."""
+    """Serialize changes, grouping them by table in first-seen order.
+
+    Past ``DEFLATE_FROM`` bytes the result is deflated (zlib level 1, marked by a
+    leading zero byte, which no msgpack array starts with): rows repeat themselves
+    a lot, and a few milliseconds of CPU save most of the bytes on the wire.
+    """
     sections: dict[str, tuple[dict[str, int], list[list[Any]]]] = {}
     for change in changes:
         columns, rows = sections.setdefault(change.table, ({}, []))
         rows.append(_row(change, columns))
-    return codec.encode(
+    packed = codec.encode(
         [[table, list(columns), rows] for table, (columns, rows) in sections.items()]
     )
+    if len(packed) < DEFLATE_FROM:
+        return packed
+    return _DEFLATED + zlib.compress(packed, 1)
 
 
 def _row(change: Change, columns: dict[str, int]) -> list[Any]:
@@ -56,7 +73,7 @@ def _row(change: Change, columns: dict[str, int]) -> list[Any]:
 def decode_changes(data: bytes) -> list[Change]:
     """Parse bytes from ``encode_changes``; raise ``ProtocolError`` on any bad shape."""
     try:
-        sections = codec.decode(data)
+        sections = codec.decode(_inflate(data))
     except CodecError as exc:
         raise ProtocolError(f"changes: {exc}") from None
     if not isinstance(sections, list):
@@ -65,6 +82,22 @@ def decode_changes(data: bytes) -> list[Change]:
     for section in sections:
         changes.extend(_decode_section(section))
     return changes
+
+
+def _inflate(data: bytes) -> bytes:
+    """The packed changes, inflated if they were deflated; never more than the limit."""
+    if not data.startswith(_DEFLATED):
+        return data
+    inflater = zlib.decompressobj()
+    try:
+        packed = inflater.decompress(data[1:], MAX_INFLATED_BYTES)
+    except zlib.error as exc:
+        raise ProtocolError(f"changes: not deflate data: {exc}") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ProtocolError(
+            f"changes: deflated data beyond {MAX_INFLATED_BYTES} bytes, or truncated"
+        )
+    return packed
 
 
 def _decode_section(section: Any) -> Iterable[Change]:

@@ -26,6 +26,7 @@ from dbsync_mq.core.messages import Reply, Request
 from dbsync_mq.core.model import RowKey
 from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
 from dbsync_mq.extensions import run_callbacks
+from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.pull import pull_bodies, read_pull
@@ -99,7 +100,8 @@ class Server:
             request, node = self._authenticate(message, signed, signature)
         except ProtocolError as exc:
             return _dead_letter(str(exc), message.kind)
-        return self._serve(request, signed, node)
+        with collector_paused():
+            return self._serve(request, signed, node)
 
     def _serve(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         try:

@@ -92,12 +92,12 @@ def check_change(models: ModelSet, change: Change) -> None:
     composite = len(model.key_columns) > 1
     if len(key_parts) != len(model.key_columns) or isinstance(change.key, tuple) != composite:
         raise RequestRefused("malformed", f"{change.table}: key {change.key!r} has the wrong width")
-    check_row(model.table, dict(zip(model.key_columns, key_parts, strict=True)))
     if change.command == DELETE:
+        check_row(model.table, dict(zip(model.key_columns, key_parts, strict=True)))
         return
     if change.values is None:
         raise RequestRefused("malformed", f"{change.table}: insert or update without a row")
-    check_row(model.table, change.values)
+    check_row(model.table, change.values)  # the key's columns among them
     if (
         any(name not in change.values for name in model.key_columns)
         or model.key_of(change.values) != change.key

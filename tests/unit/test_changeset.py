@@ -236,3 +236,32 @@ def test_deletes_without_state_travel_without_values() -> None:
     decoded = decode_changes(encode_changes(changes))
 
     assert [change.values for change in decoded] == [None, {"id": 2}]
+
+
+def test_large_change_lists_travel_deflated_and_round_trip():
+    changes = [
+        Change("city", i, INSERT, 1000 + i, {"id": i, "name": f"city {i}", "population": i})
+        for i in range(2000)
+    ]
+    packed = encode_changes(changes)
+    assert packed[:1] == b"\x00"
+    assert len(packed) < len(codec.encode([[c.key, c.values] for c in changes])) / 2
+    assert decode_changes(packed) == changes
+
+
+def test_truncated_deflated_changes_are_refused():
+    changes = [Change("city", i, INSERT, 1, {"id": i, "name": "x" * 40}) for i in range(2000)]
+    packed = encode_changes(changes)
+    with pytest.raises(ProtocolError, match=r"truncated|not deflate"):
+        decode_changes(packed[:-10])
+
+
+def test_deflated_changes_may_not_inflate_beyond_the_limit(monkeypatch):
+    import zlib
+
+    from dbsync_mq.core import changeset
+
+    monkeypatch.setattr(changeset, "MAX_INFLATED_BYTES", 1000)
+    bomb = b"\x00" + zlib.compress(b"\x91" * 5000)
+    with pytest.raises(ProtocolError, match="beyond 1000 bytes"):
+        decode_changes(bomb)
