@@ -270,6 +270,7 @@ def cluster(make_node, worker, server_url):
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
+    print_blob=True,  # a failure prints the @reproduce_failure line that replays it
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,

@@ -10,10 +10,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from dbsync_mq import BrokerUnavailable, NotRegistered, PullRequired, SyncClient, SyncTimeout
+from dbsync_mq import (
+    BrokerUnavailable,
+    NotRegistered,
+    PullRequired,
+    SyncClient,
+    SyncTimeout,
+    UniqueConstraintError,
+)
 from dbsync_mq.storage import schema
 from tests.conftest import ThreadedWorker, table_rows, write
-from tests.models import City, Note, Person
+from tests.models import City, Note, Person, Tag
 
 pytestmark = pytest.mark.broker
 
@@ -242,3 +249,29 @@ def test_a_push_behind_the_server_that_deletes_or_breaks_a_reference_must_pull_f
     a.sync()
     assert table_rows(a.engine) == table_rows(b.engine) == server_rows(server_url)
     assert [row[1] for row in table_rows(a.engine)["city"]] == ["Lima"]
+
+
+def test_a_unique_clash_on_pull_raises_and_leaves_the_node_as_it_was(make_node, worker):
+    # Given two nodes that each create a tag labelled "red" while offline
+    a, b = make_node("a"), make_node("b")
+    write(a.engine, Tag(label="red"))
+    a.sync()
+    write(b.engine, Tag(label="red"), City(name="also pending"))
+    before = (table_rows(b.engine), b.pending_operations(), b.version)
+
+    # When b syncs, the merge finds b's row holding the value the server's row needs
+    with pytest.raises(UniqueConstraintError) as clash:
+        b.sync()
+
+    # Then it names b's row, and b's database is exactly as it was
+    assert clash.value.entries == [(Tag, 1, ("label",))]
+    assert (table_rows(b.engine), b.pending_operations(), b.version) == before
+
+    # And once the application renames its row, the sync goes through
+    with Session(b.engine) as session:
+        session.get(Tag, 1).label = "crimson"
+        session.commit()
+    b.sync()
+    a.sync()
+    assert table_rows(a.engine) == table_rows(b.engine)
+    assert sorted(row[1] for row in table_rows(a.engine)["tag"]) == ["crimson", "red"]
