@@ -65,13 +65,16 @@ def handle(services: Services) -> None:
     node = DirectNode(server, url)
     key = iter(range(1, 1_000_000))
     head = [0]
+    last = [0]
 
     def accepted() -> None:
-        node.reply_to(node.push(head[0], insert_changes(item_rows(next(key), 1))))
+        last[0] = next(key)
+        node.reply_to(node.push(head[0], insert_changes(item_rows(last[0], 1))))
         head[0] += 1
 
     def refused() -> None:
-        outcome = server.handle(node.push(head[0] - 1, insert_changes(item_rows(10**9, 1))))
+        # The same row as the last version: it cannot be applied on top of it.
+        outcome = server.handle(node.push(head[0] - 1, insert_changes(item_rows(last[0], 1))))
         assert outcome.code == "pull-required", outcome
 
     def pull_one() -> None:

@@ -145,8 +145,7 @@ def apply_push(job: PushJob, make_reply: Callable[[int, int], bytes]) -> Accepte
     Raises ``RequestRefused`` (nothing written) when the push cannot be applied.
     """
     connection, request = job.connection, job.request
-    head = state.lock_head(connection)
-    stored = state.find_request(connection, request.request_id)
+    head, stored = state.lock_head_and_find(connection, request.request_id)
     if stored is not None:
         if stored.digest != job.digest:
             raise RequestRefused("request-id-reused", "request id was used for another body")

@@ -61,6 +61,21 @@ def lock_head(connection: Connection) -> int:
     return int(version)
 
 
+def lock_head_and_find(connection: Connection, request_id: str) -> tuple[int, StoredReply | None]:
+    """``lock_head`` and ``find_request`` in one round trip."""
+    h, r = schema.head, schema.requests
+    row = connection.execute(
+        sa.select(h.c.version, r.c.digest, r.c.reply)
+        .select_from(h.outerjoin(r, r.c.request_id == request_id))
+        .where(h.c.id == 1)
+        .with_for_update(of=h)
+    ).first()
+    if row is None:
+        raise ConfigurationError("the server database is not initialized: run `dbsync-mq init`")
+    stored = None if row.digest is None else StoredReply(row.digest, row.reply)
+    return int(row.version), stored
+
+
 def read_head(connection: Connection) -> int:
     """The current version, without locking."""
     version = connection.execute(sa.select(schema.head.c.version)).scalar()

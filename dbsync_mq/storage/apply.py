@@ -194,12 +194,14 @@ def _advance_sequence(connection: Connection, model: TrackedModel, rows: Sequenc
     keys = [row[column] for row in rows if isinstance(row.get(column), int)]
     if not keys:
         return
-    sequence = connection.execute(
-        sa.select(sa.func.pg_get_serial_sequence(model.table.fullname, column))
-    ).scalar()
-    if sequence is not None:
-        highest = sa.func.greatest(max(keys), sa.func.nextval(sequence))
-        connection.execute(sa.select(sa.func.setval(sequence, highest)))
+    # One round trip: find the sequence (if any) and move it past the keys.
+    found = sa.select(
+        sa.func.pg_get_serial_sequence(model.table.fullname, column).label("name")
+    ).subquery()
+    highest = sa.func.greatest(max(keys), sa.func.nextval(found.c.name))
+    connection.execute(
+        sa.select(sa.func.setval(found.c.name, highest)).where(found.c.name.is_not(None))
+    )
 
 
 def _parents_first(model: TrackedModel, rows: Sequence[Row]) -> list[Row]:
