@@ -34,6 +34,7 @@ from dbsync_mq.core.merge import Policy, check_policy
 from dbsync_mq.core.messages import Reply
 from dbsync_mq.core.model import DELETE
 from dbsync_mq.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     MergeError,
     NotRegistered,
@@ -51,7 +52,7 @@ from dbsync_mq.storage.engine import database_errors, prepare, read_transaction,
 from dbsync_mq.storage.merging import Pulled, merge_pulled
 from dbsync_mq.storage.models import ModelSet, tracked_model
 from dbsync_mq.transport.rabbitmq import BrokerClient
-from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Topology
+from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, NODE_QUEUE_EXPIRY_MS, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,10 @@ class SyncClient:
     ``models`` restricts the node to some tracked models (default: every model
     decorated with ``dbsync_mq.track``). ``conflict_policy`` is ``"node-wins"``,
     ``"server-wins"``, ``"last-writer-wins"`` or a callable (see
-    ``dbsync_mq.core.merge``). The client is thread-safe; one call runs at a time.
+    ``dbsync_mq.core.merge``). ``timeout`` is how long a call waits for a reply;
+    ``reply_queue_ttl`` how long the broker keeps this node's reply queue once no
+    client of it is connected (30 days; the queue is declared again when needed).
+    The client is thread-safe; one call runs at a time.
     """
 
     def __init__(
@@ -82,18 +86,19 @@ class SyncClient:
         models: Iterable[type] | None = None,
         conflict_policy: Policy = "node-wins",
         timeout: float = REQUEST_TIMEOUT_SECONDS,
+        reply_queue_ttl: float = NODE_QUEUE_EXPIRY_MS / 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_policy(conflict_policy)
         self.engine = prepare(engine)
         self.models = ModelSet.of(models)
-        self.topology = Topology(namespace)
+        self.topology = Topology(namespace, node_queue_expiry_ms=int(reply_queue_ttl * 1000))
         self.conflict_policy = conflict_policy
         self.timeout = timeout
         self._clock = clock
         self._log = local.OperationLog(self.models, clock)
         tracking.attach(engine, self._log)
-        self._broker = BrokerClient(broker_url, self.topology)
+        self._broker = BrokerClient(broker_url, self.topology, timeout=timeout)
         self._lock = threading.RLock()
         self._identity: local.Identity | None = None
 
@@ -140,8 +145,12 @@ class SyncClient:
             with write_transaction(self.engine) as connection:
                 local.save_identity(connection, identity)
             self._identity = identity
-            self._broker.ensure_node_queue(identity.node_id)
             logger.info("registered as node %s", identity.node_id)
+            try:
+                self._broker.ensure_node_queue(identity.node_id)
+            except (ConfigurationError, BrokerUnavailable) as exc:
+                # Enrollment-only credentials may not declare it: the next call does.
+                logger.info("reply queue of node %s not declared yet: %s", identity.node_id, exc)
             return identity.node_id
 
     # --- sync ---------------------------------------------------------------------
@@ -388,6 +397,7 @@ class SyncClient:
         with write_transaction(self.engine) as connection, collector_paused():
             current = local.load_identity(connection)
             if current is None or current.version != identity.version:
+                self._identity = None  # another process moved it: start from its version
                 raise MergeError("the local database moved during the pull; pull again")
             _drop_own_push(connection, pulled.own)
             try:

@@ -17,11 +17,39 @@ from dbsync_mq.config import ServerSettings, WorkerConfig
 from dbsync_mq.transport.rabbitmq import delete_topology
 from dbsync_mq.transport.topology import Topology
 from tests import services
+from tests.ledger import CACHE_KEY, Ledger
 from tests.models import SYNCED, TRACKED
+from tests.probe import ServerProbe
 from tests.processes import WorkerProcess
 from worker.process import Worker
 
 MODELS = ("tests.models",)
+
+_LEDGER = pytest.StashKey[Ledger]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_LEDGER] = Ledger()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ledger = session.config.stash.get(_LEDGER, None)
+    cache = getattr(session.config, "cache", None)  # absent with -p no:cacheprovider
+    if ledger is not None and ledger.touched and cache is not None:
+        cache.set(CACHE_KEY, {**ledger.totals(), "by_test": ledger.by_test})
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    ledger = config.stash.get(_LEDGER, None)
+    if ledger is not None and ledger.touched:
+        counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in ledger.totals().items())
+        terminalreporter.write_line(f"dbsync reliability ledger: {counts}")
+
+
+@pytest.fixture(scope="session")
+def ledger(request: pytest.FixtureRequest) -> Ledger:
+    """The session's fault and bad-input counts (see tests/ledger.py)."""
+    return request.config.stash[_LEDGER]
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +77,12 @@ def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'server.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def probe(server_url: str) -> ServerProbe:
+    """A read-only view of this test's server database."""
+    return ServerProbe(server_url)
 
 
 @pytest.fixture
@@ -146,7 +180,8 @@ def make_node(
         engine = sa.create_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
         options.setdefault("timeout", 10)
         options.setdefault("models", TRACKED)
-        client = SyncClient(engine, broker_url=broker_url, namespace=namespace, **options)
+        options.setdefault("broker_url", broker_url)
+        client = SyncClient(engine, namespace=namespace, **options)
         client.install()
         if register:
             node_ids.append(client.register(commands.enroll(server_url)))

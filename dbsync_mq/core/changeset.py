@@ -25,8 +25,9 @@ _NAME_LIMIT = 128
 DEFLATE_FROM: Final = 16 * 1024
 """Packed changes at least this large travel deflated."""
 
-MAX_INFLATED_BYTES: Final = 256 * 1024 * 1024
-"""Deflated changes may not inflate beyond this (a small message cannot become a bomb)."""
+MAX_INFLATED_BYTES: Final = 64 * 1024 * 1024
+"""The most packed changes may take, deflated or not: the size of the largest message
+the worker reads. A small deflated message cannot become a bomb."""
 
 _DEFLATED: Final = b"\x00"
 
@@ -45,6 +46,11 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
     packed = codec.encode(
         [[table, list(columns), rows] for table, (columns, rows) in sections.items()]
     )
+    if len(packed) > MAX_INFLATED_BYTES:
+        raise CodecError(
+            f"{len(packed)} bytes of changes exceed the {MAX_INFLATED_BYTES}-byte limit: "
+            "send fewer at a time"
+        )
     if len(packed) < DEFLATE_FROM:
         return packed
     return _DEFLATED + zlib.compress(packed, 1)

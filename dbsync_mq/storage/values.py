@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -71,9 +72,21 @@ def _check_for(column: sa.Column[Any]) -> Check:
     return lambda value: isinstance(value, python_type)
 
 
+@dataclass(frozen=True)
+class _ColumnCheck:
+    accepts: Check
+    nullable: bool
+    length: int | None
+
+
 @cache
-def _table_checks(table: sa.Table) -> Mapping[str, tuple[Check, bool]]:
-    return {column.name: (_check_for(column), bool(column.nullable)) for column in table.c}
+def _table_checks(table: sa.Table) -> Mapping[str, _ColumnCheck]:
+    return {
+        column.name: _ColumnCheck(
+            _check_for(column), bool(column.nullable), getattr(column.type, "length", None)
+        )
+        for column in table.c
+    }
 
 
 def check_row(table: sa.Table, row: Mapping[str, Any]) -> None:
@@ -81,15 +94,20 @@ def check_row(table: sa.Table, row: Mapping[str, Any]) -> None:
     checks = _table_checks(table)
     for name, value in row.items():
         try:
-            check, nullable = checks[name]
+            column = checks[name]
         except KeyError:
             raise RequestRefused("unknown-column", f"{table.name} has no column {name!r}") from None
         if value is None:
-            if not nullable:
+            if not column.nullable:
                 raise RequestRefused("type-mismatch", f"{table.name}.{name} may not be null")
             continue
-        if not check(value):
+        if not column.accepts(value):
             raise RequestRefused(
                 "type-mismatch",
                 f"{table.name}.{name} does not accept a {type(value).__name__}",
+            )
+        if column.length is not None and isinstance(value, str) and len(value) > column.length:
+            # SQLite would store it without a word; PostgreSQL refuses it: refuse on both.
+            raise RequestRefused(
+                "invalid-value", f"{table.name}.{name} holds at most {column.length} characters"
             )

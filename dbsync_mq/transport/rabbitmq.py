@@ -163,22 +163,23 @@ class BrokerClient:
     """A node's connection: publish requests, receive replies on its own queue.
 
     Opened lazily and re-opened after any failure, so a client that was
-    offline simply works again when the broker is back.
+    offline simply works again when the broker is back. The heartbeat follows
+    the reply timeout, so a connection that silently died is noticed in about
+    the time a caller is prepared to wait anyway.
     """
 
-    def __init__(self, url: str, topology: Topology) -> None:
+    def __init__(self, url: str, topology: Topology, *, timeout: float = 30.0) -> None:
         self._url = url
         self._topology = topology
+        self._heartbeat = max(2, min(HEARTBEAT_SECONDS, int(timeout / 3)))
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._declared: set[int] = set()
-        self._consumer: tuple[str, Iterator[Any]] | None = None
 
     def _open(self) -> BlockingChannel:
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self.close()
-        self._connection = connect(self._url)
+        self._connection = connect(self._url, heartbeat=self._heartbeat)
         with broker_errors("open channel"):
             channel = self._connection.channel()
             channel.confirm_delivery()
@@ -198,22 +199,16 @@ class BrokerClient:
     def ensure_node_queue(self, node_id: int) -> None:
         """Declare this node's durable reply queue (replies reach it by its name).
 
-        Nothing is bound: a node that may bind its queue to an exchange carrying
-        every node's replies could bind it with another node's key and read them.
-        Declared once per connection; a queue deleted since (the broker cancels
-        its consumer) is declared again.
+        Declared before every request, not once: a queue deleted or expired since
+        is back before the reply is sent. Nothing is bound: a node that may bind
+        its queue to an exchange carrying every node's replies could bind it with
+        another node's key and read them.
         """
-        if node_id in self._declared and self._connection is not None:
-            with self._session("check reply queue"):
-                self._connection.process_data_events(time_limit=0)  # a cancel, if any
-        if node_id in self._declared:
-            return
         queue = self._topology.node_queue(node_id)
         with self._session("declare reply queue") as channel:
             channel.queue_declare(
                 queue, durable=True, arguments=dict(self._topology.node_queue_arguments)
             )
-        self._declared.add(node_id)
 
     def publish(self, message: Message) -> None:
         """Publish a request to its kind's queue; return once the broker confirmed it."""
@@ -229,16 +224,19 @@ class BrokerClient:
     def receive(self, node_id: int, correlation_id: str, timeout: float) -> Iterator[Message]:
         """Yield replies to ``correlation_id`` from the node's queue until ``timeout``.
 
-        Replies to older requests are acknowledged and dropped.
+        A consumer is opened for the call and cancelled after it, so that no idle
+        client holds replies another client of the same node waits for. Replies
+        to older requests are acknowledged and dropped.
         """
         queue = self._topology.node_queue(node_id)
         deadline = time.monotonic() + timeout
-        while True:
-            with self._session("receive replies") as channel:
-                for method, properties, body in self._replies(channel, queue):
+        with self._session("receive replies") as channel:
+            try:
+                for method, properties, body in channel.consume(
+                    queue, inactivity_timeout=_POLL_SECONDS
+                ):
                     if method is None:
                         if time.monotonic() >= deadline:
-                            self._forget_queue()
                             raise SyncTimeout(f"no reply to {correlation_id} in {timeout:g} s")
                         continue
                     # Acked before it is handled: a reply lost to a crash is asked for
@@ -251,26 +249,11 @@ class BrokerClient:
                         continue
                     yield _message(properties, body)
                     deadline = time.monotonic() + timeout
-            # The broker cancelled the consumer: the queue was deleted or expired.
-            self._forget_queue()
-
-    def _forget_queue(self) -> None:
-        """Declare the queue and start consuming again on the next call."""
-        self._declared.clear()
-        self._consumer = None
-
-    def _replies(self, channel: BlockingChannel, queue: str) -> Iterator[Any]:
-        """The consumer of the node's queue, kept open from one request to the next."""
-        if self._consumer is None or self._consumer[0] != queue:
-            if self._consumer is not None:
-                channel.cancel()
-            # Declared again: it may have vanished since (deleted, or expired offline).
-            channel.queue_declare(
-                queue, durable=True, arguments=dict(self._topology.node_queue_arguments)
-            )
-            channel.add_on_cancel_callback(lambda _frame: self._forget_queue())
-            self._consumer = (queue, channel.consume(queue, inactivity_timeout=_POLL_SECONDS))
-        return self._consumer[1]
+            finally:
+                if channel.is_open:
+                    channel.cancel()
+        # The broker cancelled the consumer: the queue was deleted while we waited.
+        raise BrokerUnavailable(f"the reply queue {queue} disappeared; call again")
 
     def call_direct(self, message: Message, timeout: float) -> Message:
         """Publish ``message`` and wait for its answer on RabbitMQ's direct reply-to."""
@@ -302,8 +285,6 @@ class BrokerClient:
         _close_quietly(self._connection)
         self._connection = None
         self._channel = None
-        self._declared.clear()
-        self._consumer = None
 
 
 class Consumer:

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""RabbitMQ users for dbsync-mq: the worker, enrollment, and one user per node.
+
+Each role gets the narrowest permissions it works with (the patterns come from
+``dbsync_mq.transport.topology``, the same code that names the queues):
+
+- ``worker``: declare the topology, consume the request queues, publish replies
+  and events;
+- ``enroll``: publish requests (devices not yet registered: registration only);
+- ``node ID``: publish requests, declare and consume its own reply queue
+  ``<namespace>.node.<ID>``, nothing else.
+
+Apply them through the management HTTP API::
+
+    python deploy/rabbitmq/users.py --vhost / worker dbsync-worker 'secret'
+    python deploy/rabbitmq/users.py --vhost / node 42 dbsync-node-42 'secret'
+
+or print the equivalent ``rabbitmqctl`` commands with ``--print``; or write the
+definitions file (topology, service users, their permissions) with
+``definitions``. Needs the ``dbsync_mq`` package importable, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shlex
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from dbsync_mq.core.messages import REQUEST_KINDS
+from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Permissions, Topology
+
+DEFAULT_API = "http://127.0.0.1:15672/api"
+SERVICE_USERS = {"worker": "dbsync-worker", "enroll": "dbsync-enroll"}
+"""User names in the definitions file; node users are created one by one."""
+
+
+def permissions_for(topology: Topology, role: str, node_id: int | None = None) -> Permissions:
+    """The permissions of ``role`` (``worker``, ``enroll`` or ``node``)."""
+    if role == "worker":
+        return topology.worker_permissions()
+    if role == "enroll":
+        return topology.enrollment_permissions()
+    if role == "node" and node_id is not None and node_id > 0:
+        return topology.node_permissions(node_id)
+    raise ValueError(f"unknown role {role!r} (a node needs its id)")
+
+
+class ManagementApi:
+    """The few calls of RabbitMQ's management HTTP API this script needs."""
+
+    def __init__(self, url: str = DEFAULT_API, admin: str = "guest:guest") -> None:
+        self.url = url.rstrip("/")
+        self._auth = "Basic " + base64.b64encode(admin.encode()).decode()
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": self._auth, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data = response.read()
+        return json.loads(data) if data else None
+
+    def put_user(self, name: str, password: str) -> None:
+        self.call("PUT", f"/users/{_quote(name)}", {"password": password, "tags": ""})
+
+    def put_permissions(self, vhost: str, name: str, permissions: Permissions) -> None:
+        body = {
+            "configure": permissions.configure,
+            "write": permissions.write,
+            "read": permissions.read,
+        }
+        self.call("PUT", f"/permissions/{_quote(vhost)}/{_quote(name)}", body)
+
+    def delete_user(self, name: str) -> None:
+        self.call("DELETE", f"/users/{_quote(name)}")
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+def rabbitmqctl(vhost: str, name: str, permissions: Permissions) -> list[str]:
+    """The ``rabbitmqctl`` commands that create the user (password read from stdin)."""
+    return [
+        f"rabbitmqctl add_user {shlex.quote(name)}  # prompts for the password",
+        " ".join(
+            [
+                "rabbitmqctl set_permissions -p",
+                shlex.quote(vhost),
+                shlex.quote(name),
+                shlex.quote(permissions.configure),
+                shlex.quote(permissions.write),
+                shlex.quote(permissions.read),
+            ]
+        ),
+    ]
+
+
+def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
+    """A definitions file: the topology, the service users (no password: set one with
+    ``rabbitmqctl change_password``) and their permissions."""
+    queue_arguments = dict(topology.request_queue_arguments)
+    queues = [
+        _queue(vhost, topology.request_queue(kind), queue_arguments) for kind in REQUEST_KINDS
+    ]
+    queues.append(_queue(vhost, topology.dead_letter_queue, {"x-queue-type": "quorum"}))
+    exchanges = [
+        _exchange(vhost, topology.requests_exchange, "direct"),
+        _exchange(vhost, topology.events_exchange, "fanout"),
+        _exchange(vhost, topology.dead_letter_exchange, "fanout"),
+    ]
+    bindings = [
+        _binding(vhost, topology.requests_exchange, topology.request_queue(kind), kind)
+        for kind in REQUEST_KINDS
+    ]
+    bindings.append(_binding(vhost, topology.dead_letter_exchange, topology.dead_letter_queue, ""))
+    users = [{"name": name, "password_hash": "", "tags": []} for name in SERVICE_USERS.values()]
+    permissions = [
+        {"user": name, "vhost": vhost, **vars(permissions_for(topology, role))}
+        for role, name in SERVICE_USERS.items()
+    ]
+    return {
+        "vhosts": [{"name": vhost}],
+        "users": users,
+        "permissions": permissions,
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+    }
+
+
+def _queue(vhost: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": vhost,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": arguments,
+    }
+
+
+def _exchange(vhost: str, name: str, kind: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": vhost,
+        "type": kind,
+        "durable": True,
+        "auto_delete": False,
+        "internal": False,
+        "arguments": {},
+    }
+
+
+def _binding(vhost: str, source: str, queue: str, routing_key: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "vhost": vhost,
+        "destination": queue,
+        "destination_type": "queue",
+        "routing_key": routing_key,
+        "arguments": {},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--vhost", default="/")
+    parser.add_argument("--api", default=DEFAULT_API, help="management API URL")
+    parser.add_argument("--admin", default="guest:guest", help="management user:password")
+    parser.add_argument("--print", action="store_true", help="print rabbitmqctl commands")
+    parser.add_argument("role", choices=["worker", "enroll", "node", "definitions"])
+    parser.add_argument("args", nargs="*", help="[NODE_ID] USER PASSWORD")
+    options = parser.parse_args(argv)
+    topology = Topology(options.namespace)
+    if options.role == "definitions":
+        print(json.dumps(definitions(topology, options.vhost), indent=2))
+        return 0
+    args = list(options.args)
+    node_id = int(args.pop(0)) if options.role == "node" else None
+    if len(args) != (1 if options.print else 2):
+        parser.error("give USER and PASSWORD (USER alone with --print)")
+    permissions = permissions_for(topology, options.role, node_id)
+    if options.print:
+        print("\n".join(rabbitmqctl(options.vhost, args[0], permissions)))
+        return 0
+    api = ManagementApi(options.api, options.admin)
+    try:
+        api.put_user(args[0], args[1])
+        api.put_permissions(options.vhost, args[0], permissions)
+    except urllib.error.URLError as exc:
+        print(f"management API: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""A node in a process of its own, for tests that kill it.
+
+    python -m tests.reliability.node_process DB_PATH BROKER_URL NAMESPACE push|sync
+
+Prints the result as one JSON line; the node must already be registered.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import sqlalchemy as sa
+
+from dbsync_mq import SyncClient
+from tests.models import TRACKED
+
+TIMEOUT_SECONDS = 30.0
+
+
+def main(argv: list[str]) -> int:
+    path, broker_url, namespace, action = argv
+    engine = sa.create_engine(f"sqlite:///{path}")
+    client = SyncClient(
+        engine, broker_url=broker_url, namespace=namespace, models=TRACKED, timeout=TIMEOUT_SECONDS
+    )
+    try:
+        if action == "push":
+            pushed = client.push()
+            print(json.dumps({"version": pushed.version, "pushed": pushed.operations}))
+        else:
+            synced = client.sync()
+            print(json.dumps({"version": synced.version, "pushed": synced.pushed}))
+    finally:
+        client.close()
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,157 @@
+"""Concurrent pushes: two worker processes and ten nodes; two pushes racing for the head."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from dbsync_mq import PullRequired, commands
+from dbsync_mq.core.model import INSERT, Change
+from dbsync_mq.server import Server, issue_enrollment
+from dbsync_mq.storage.models import ModelSet
+from tests.conftest import write
+from tests.models import City, Note
+from tests.processes import WorkerProcess
+from tests.reliability.conftest import (
+    AtStage,
+    assert_converged,
+    assert_exactly_once,
+    converge,
+    wait_until,
+)
+from tests.security.conftest import read_reply
+from tests.security.forge import Forge, new_id
+from worker.process import create_server_engine
+
+pytestmark = [pytest.mark.broker, pytest.mark.e2e]
+
+NODES = 10
+ROUNDS = 3
+"""Each node writes and syncs this many times, all nodes at once."""
+SYNC_ATTEMPTS = 20
+"""Syncs a node may try in one round while the others keep pushing first."""
+
+
+def _write_and_sync(node, index: int, failures: list[BaseException]) -> None:
+    try:
+        for round_ in range(ROUNDS):
+            write(node.engine, City(name=f"n{index}-r{round_}"), Note(text=f"n{index}-r{round_}"))
+            for _attempt in range(SYNC_ATTEMPTS):
+                try:
+                    node.sync()
+                    break
+                except PullRequired:
+                    continue
+            else:
+                raise AssertionError(f"node {index} could not push in {SYNC_ATTEMPTS} attempts")
+    except BaseException as exc:
+        failures.append(exc)
+
+
+def test_two_workers_serving_ten_concurrent_nodes_make_gap_free_versions_each_push_once(
+    make_node, worker_config, tmp_path, probe, ledger, request
+):
+    # Given two worker processes consuming the same queues
+    workers = [WorkerProcess(worker_config, tmp_path / f"worker{i}.log") for i in range(2)]
+    try:
+        for worker in workers:
+            worker.start()
+        nodes = [make_node(f"n{i}", timeout=20) for i in range(NODES)]
+
+        # When ten nodes write and sync at the same time, round after round
+        failures: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_write_and_sync, args=(node, i, failures))
+            for i, node in enumerate(nodes)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=max(1.0, 120 - (time.monotonic() - started)))
+        assert not any(thread.is_alive() for thread in threads), "a node is still syncing"
+        assert failures == []
+        ledger.fault(request.node.name)
+
+        # Then versions are 1..N, each from one push, and every write is on the server once
+        converge(nodes)
+        assert_converged(probe, nodes)
+        pushes = len(probe.push_request_ids())
+        names = [f"n{i}-r{r}" for i in range(NODES) for r in range(ROUNDS)]
+        assert_exactly_once(probe, ledger, request.node.name, names, pushes)
+        assert sorted(probe.column(Note, "text")) == sorted(names)
+
+        # And both workers took part
+        for worker in workers:
+            assert worker.output.count("push ") > 0, worker.output
+    finally:
+        for worker in workers:
+            worker.terminate()
+
+
+def _registered(server, engine) -> Forge:
+    token = new_id()
+    issue_enrollment(engine, token, dt.timedelta(hours=1))
+    stranger = Forge.stranger()
+    [item] = server.handle(stranger.register(token)).outgoing
+    reply = read_reply(item.message.body, server.public_key, "register")
+    return Forge(reply.body["node"], stranger.seed)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("server_url", ["postgresql"], indirect=True)
+def test_a_push_waits_for_the_version_head_another_holds_and_both_make_consecutive_versions(
+    server_url, postgres_admin_url, probe, ledger, request
+):
+    # Given a server whose first push is held inside its transaction
+    name = f"dbsync_test_{new_id()[:12]}"
+    engine = create_server_engine(f"{server_url}?application_name={name}")
+    commands.init(server_url, ("tests.models",))
+    holder = AtStage("in-transaction", hold=True)
+    server = Server(engine, ModelSet.in_modules(["tests.models"]), on_stage=holder)
+    a, b = _registered(server, engine), _registered(server, engine)
+    first = a.push([Change("city", 1, INSERT, 1, {"id": 1, "name": "first"})], 0)
+    second = b.push([Change("city", 2, INSERT, 1, {"id": 2, "name": "second"})], 0)
+    outcomes: dict[str, object] = {}
+    threads = [
+        threading.Thread(target=lambda: outcomes.update(first=server.handle(first))),
+        threading.Thread(target=lambda: outcomes.update(second=server.handle(second))),
+    ]
+    threads[0].start()
+    assert holder.reached.wait(10)
+
+    # When a second push arrives meanwhile, it waits on a lock until the first commits
+    threads[1].start()
+    admin = sa.create_engine(postgres_admin_url)
+    try:
+        wait_until(lambda: _waiting_on_a_lock(admin, name), 10, "the second push to wait")
+    finally:
+        admin.dispose()
+    holder.release.set()
+    for thread in threads:
+        thread.join(20)
+    ledger.fault(request.node.name)
+    engine.dispose()
+
+    # Then both were applied, as versions 1 and 2 (the second on top of the first)
+    assert [outcomes["first"].version, outcomes["second"].version] == [1, 2]
+    assert probe.assert_gap_free() == 2
+    ledger.operations(request.node.name, ["first", "second"], probe.column(City, "name"))
+    ledger.versions(request.node.name, 2, 2)
+
+
+def _waiting_on_a_lock(admin: sa.Engine, application_name: str) -> bool:
+    with admin.connect() as connection:
+        return bool(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND wait_event_type = 'Lock'"
+                ),
+                {"name": application_name},
+            ).scalar_one()
+        )
