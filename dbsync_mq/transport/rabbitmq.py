@@ -101,7 +101,6 @@ def delete_topology(url: str, topology: Topology, node_ids: tuple[int, ...] = ()
                 channel.queue_delete(queue)
             for exchange in (
                 topology.requests_exchange,
-                topology.replies_exchange,  # declared by earlier versions
                 topology.events_exchange,
                 topology.dead_letter_exchange,
             ):

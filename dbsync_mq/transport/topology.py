@@ -75,12 +75,6 @@ class Topology:
         return self.namespace
 
     @property
-    def replies_exchange(self) -> str:
-        """No longer used: replies go through the default exchange to the node's queue
-        by name. Kept so that ``delete_topology`` removes it from older deployments."""
-        return f"{self.namespace}.replies"
-
-    @property
     def events_exchange(self) -> str:
         return f"{self.namespace}.events"
 

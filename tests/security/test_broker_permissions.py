@@ -185,11 +185,9 @@ def test_each_role_can_do_its_job_and_a_node_can_reach_only_its_own_reply_queue(
                 a_url,
                 lambda ch: ch.queue_bind(a_queue, topology.requests_exchange, routing_key="push"),
             ),
-            "bind its queue to the replies exchange with b's key": (
+            "bind its queue to amq.direct with b's queue name": (
                 a_url,
-                lambda ch: ch.queue_bind(
-                    a_queue, topology.replies_exchange, routing_key=str(b.node_id)
-                ),
+                lambda ch: ch.queue_bind(a_queue, "amq.direct", routing_key=b_queue),
             ),
             "bind its queue to the events exchange": (
                 a_url,
