@@ -111,7 +111,7 @@ def write_rows(connection: Connection, models: ModelSet, writes: RowWrites) -> N
                 inserts[key] = final
     _in_table_order(models.order, _group_rows(inserts), partial(insert_rows, connection))
     _in_table_order(models.order, _group_rows(updates), partial(update_rows, connection))
-    doomed = _group_keys(deletes)
+    doomed = group_keys(deletes)
     _in_table_order(reversed(models.order), doomed, partial(delete_rows, connection))
 
 
@@ -135,7 +135,7 @@ def _lift_out(
     frontier = set(keys)
     while frontier:
         level: dict[RowKey, Row] = {}
-        for table, parents in _group_keys(frontier).items():
+        for table, parents in group_keys(frontier).items():
             for ref in models.schema.references_to(table):
                 child = models.get(ref.table)
                 column = child.table.c[ref.columns[0]]
@@ -156,7 +156,7 @@ def _lift_out(
 
 
 def _delete_keys(connection: Connection, models: ModelSet, keys: Iterable[RowKey]) -> None:
-    _in_table_order(reversed(models.order), _group_keys(keys), partial(delete_rows, connection))
+    _in_table_order(reversed(models.order), group_keys(keys), partial(delete_rows, connection))
 
 
 def _group_rows(rows: Mapping[RowKey, Row]) -> dict[str, list[Row]]:
@@ -166,7 +166,8 @@ def _group_rows(rows: Mapping[RowKey, Row]) -> dict[str, list[Row]]:
     return grouped
 
 
-def _group_keys(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
+def group_keys(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
+    """Row keys by table."""
     grouped: dict[str, list[Key]] = defaultdict(list)
     for table, key in keys:
         grouped[table].append(key)

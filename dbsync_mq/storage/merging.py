@@ -8,8 +8,7 @@ its own, so memory holds one decoded chunk at a time whatever the pull's size.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,18 +22,18 @@ from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, Rekey,
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
 from dbsync_mq.errors import UniqueConstraintError
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.apply import RowWrites, batches, existing_keys, read_rows, write_rows
+from dbsync_mq.storage.apply import (
+    RowWrites,
+    batches,
+    existing_keys,
+    group_keys,
+    read_rows,
+    write_rows,
+)
 from dbsync_mq.storage.engine import is_sqlite
 from dbsync_mq.storage.local import rekey_operations, unpushed
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.unique import rows_holding
-
-
-def _by_table(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
-    grouped: dict[str, list[Key]] = defaultdict(list)
-    for table, key in keys:
-        grouped[table].append(key)
-    return grouped
 
 
 def load_merge_input(
@@ -49,12 +48,12 @@ def load_merge_input(
     wanted = {c.row_key for c in local if c.command != DELETE}
     wanted |= {c.row_key for c in remote if c.command == DELETE or c.row_key in local_keys}
     rows: dict[RowKey, Row] = {}
-    for table, keys in _by_table(wanted).items():
+    for table, keys in group_keys(wanted).items():
         found = read_rows(connection, models.get(table), keys)
         rows.update(((table, key), row) for key, row in found.items())
     others = {c.row_key for c in remote} - wanted
     existing: set[RowKey] = set()
-    for table, keys in _by_table(others).items():
+    for table, keys in group_keys(others).items():
         existing.update((table, key) for key in existing_keys(connection, models.get(table), keys))
     return MergeInput(
         local=local,
@@ -142,7 +141,7 @@ def _move_row(connection: Connection, model: TrackedModel, rekey: Rekey) -> None
 
 def _edit_log(connection: Connection, plan: MergePlan, stamp: Callable[[], int]) -> None:
     ops = schema.operations.c
-    for table, keys in _by_table(plan.log_drop).items():
+    for table, keys in group_keys(plan.log_drop).items():
         encoded = [codec.encode_key(key) for key in keys]
         for chunk in batches(encoded):
             connection.execute(
