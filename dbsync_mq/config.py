@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from dbsync_mq.errors import ConfigurationError
@@ -102,9 +102,6 @@ class WorkerConfig:
         }
         values.update({key: value for key, value in given.items() if value is not None})
         return cls(**values)
-
-    def with_server(self, **changes: Any) -> WorkerConfig:
-        return replace(self, server=replace(self.server, **changes))
 
 
 def split_modules(value: str) -> tuple[str, ...]:

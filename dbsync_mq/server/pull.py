@@ -18,11 +18,11 @@ from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.changeset import decode_changes, encode_changes
 from dbsync_mq.core.compression import compress_remote
-from dbsync_mq.core.model import INSERT, Change, Key, Row, RowKey
+from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
 from dbsync_mq.server import state
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.apply import batches, read_rows
+from dbsync_mq.storage.apply import batches, read_row_keys
 from dbsync_mq.storage.models import ModelSet
 
 
@@ -92,18 +92,15 @@ def referenced_rows(
     found: dict[RowKey, Row] = {}
     rows: list[tuple[str, Row]] = [(c.table, c.values) for c in changes if c.values is not None]
     while rows and deleted:
-        wanted: dict[str, set[Key]] = {}
+        wanted: set[RowKey] = set()
         for table, row in rows:
             for ref in models.schema.references_from(table):
-                target = ref.target(row)
-                parent = (ref.referred_table, target)
-                if target is not None and parent in deleted and parent not in found:
-                    wanted.setdefault(ref.referred_table, set()).add(target)
-        rows = []
-        for table, keys in wanted.items():
-            for key, row in read_rows(connection, models.get(table), keys).items():
-                found[table, key] = row
-                rows.append((table, row))
+                parent = (ref.referred_table, ref.target(row))
+                if parent[1] is not None and parent in deleted and parent not in found:
+                    wanted.add(parent)
+        level = read_row_keys(connection, models, wanted)
+        found.update(level)
+        rows = [(table, row) for (table, _key), row in level.items()]
     return [Change(table, key, INSERT, 0, row) for (table, key), row in found.items()]
 
 

@@ -19,11 +19,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq.core.changeset import encode_changes
 from dbsync_mq.core.hlc import HybridClock
-from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, Key, RowKey, Write
+from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, RowKey, Write
 from dbsync_mq.extensions import load_data
 from dbsync_mq.server import state
 from dbsync_mq.storage import schema, tracking
-from dbsync_mq.storage.apply import read_rows
+from dbsync_mq.storage.apply import read_row_keys
 from dbsync_mq.storage.engine import prepare
 from dbsync_mq.storage.local import utcnow
 from dbsync_mq.storage.models import ModelSet, TrackedModel
@@ -80,7 +80,7 @@ class VersionWriter:
             row_key = (write.table, write.key)
             first.setdefault(row_key, write.command)
             columns.setdefault(row_key, set()).update(write.columns)
-        current = _current_rows(connection, self.models, first)
+        current = read_row_keys(connection, self.models, first)
         hlc = self.hlc.tick(int(self._clock() * 1000))
         changes = []
         for (table, key), command in first.items():
@@ -96,19 +96,6 @@ class VersionWriter:
                 clocks = dict.fromkeys(columns[table, key] or set(row), hlc)
                 changes.append(Change(table, key, UPDATE, hlc, row, clocks, extensions))
         return changes
-
-
-def _current_rows(
-    connection: Connection, models: ModelSet, keys: Iterable[RowKey]
-) -> dict[RowKey, dict[str, object]]:
-    grouped: dict[str, list[Key]] = {}
-    for table, key in keys:
-        grouped.setdefault(table, []).append(key)
-    rows: dict[RowKey, dict[str, object]] = {}
-    for table, table_keys in grouped.items():
-        for key, row in read_rows(connection, models.get(table), table_keys).items():
-            rows[table, key] = dict(row)
-    return rows
 
 
 def _forget(connection: Connection) -> None:

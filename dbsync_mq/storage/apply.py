@@ -48,6 +48,17 @@ def read_rows(connection: Connection, model: TrackedModel, keys: Iterable[Key]) 
     return found
 
 
+def read_row_keys(
+    connection: Connection, models: ModelSet, keys: Iterable[RowKey]
+) -> dict[RowKey, Row]:
+    """The current rows with the given ``(table, key)`` identities, across tables."""
+    return {
+        (table, key): row
+        for table, table_keys in group_keys(keys).items()
+        for key, row in read_rows(connection, models.get(table), table_keys).items()
+    }
+
+
 def existing_keys(connection: Connection, model: TrackedModel, keys: Iterable[Key]) -> set[Key]:
     """Which of ``keys`` exist in ``model``'s table."""
     columns = [model.table.c[name] for name in model.key_columns]

@@ -19,7 +19,7 @@ from dbsync_mq.core.model import DELETE, UPDATE, Change, Key, Operation, Write
 from dbsync_mq.errors import ConfigurationError
 from dbsync_mq.extensions import load_data
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.apply import batches, read_rows
+from dbsync_mq.storage.apply import batches, read_row_keys
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 
 logger = logging.getLogger(__name__)
@@ -118,15 +118,8 @@ def attach_rows(
     A row that vanished without a logged delete (raw SQL) is pushed as a delete
     if the server has it, and dropped if it was never pushed.
     """
-    wanted: dict[str, list[Key]] = {}
-    for change in changes:
-        if change.command != DELETE and change.table in models:
-            wanted.setdefault(change.table, []).append(change.key)
-    rows = {
-        (table, key): row
-        for table, keys in wanted.items()
-        for key, row in read_rows(connection, models.get(table), keys).items()
-    }
+    wanted = [c.row_key for c in changes if c.command != DELETE and c.table in models]
+    rows = read_row_keys(connection, models, wanted)
     ready = []
     for change in changes:
         if change.table not in models or not models.get(change.table).pushed:

@@ -27,7 +27,7 @@ from dbsync_mq.storage.apply import (
     batches,
     existing_keys,
     group_keys,
-    read_rows,
+    read_row_keys,
     write_rows,
 )
 from dbsync_mq.storage.engine import is_sqlite
@@ -47,10 +47,7 @@ def load_merge_input(
     local_keys = {c.row_key for c in local}
     wanted = {c.row_key for c in local if c.command != DELETE}
     wanted |= {c.row_key for c in remote if c.command == DELETE or c.row_key in local_keys}
-    rows: dict[RowKey, Row] = {}
-    for table, keys in group_keys(wanted).items():
-        found = read_rows(connection, models.get(table), keys)
-        rows.update(((table, key), row) for key, row in found.items())
+    rows = read_row_keys(connection, models, wanted)
     others = {c.row_key for c in remote} - wanted
     existing: set[RowKey] = set()
     for table, keys in group_keys(others).items():

@@ -77,12 +77,6 @@ class TrackedModel:
         make_transient_to_detached(instance)
         return instance
 
-    def key_clause(self, key: Key) -> sa.ColumnElement[bool]:
-        """A WHERE clause selecting the row with primary key ``key``."""
-        parts = key if isinstance(key, tuple) else (key,)
-        pairs = zip(self.key_columns, parts, strict=True)
-        return sa.and_(*(self.table.c[name] == value for name, value in pairs))
-
 
 _registry: dict[type, TrackedModel] = {}
 
