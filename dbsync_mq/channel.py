@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from dbsync_mq.config import MAX_MESSAGE_BYTES
@@ -22,9 +23,9 @@ from dbsync_mq.errors import (
     ReplyRejected,
     SignatureError,
 )
-from dbsync_mq.storage.local import Identity
+from dbsync_mq.storage.local import Identity, Registration
 from dbsync_mq.transport.base import Message
-from dbsync_mq.transport.rabbitmq import BrokerClient
+from dbsync_mq.transport.node import BrokerClient
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,10 @@ class NodeChannel:
         self,
         broker: BrokerClient,
         identity: Identity,
-        timeout: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
         self.node_id = identity.node_id
-        self.timeout = timeout
         self._key = signing.private_key_from_seed(identity.private_key)
         self._server_key = signing.load_public_key(identity.server_key)
         self._clock = clock
@@ -53,31 +52,42 @@ class NodeChannel:
         request = new_request(kind, self.node_id, body, extra_data, self._clock)
         return request.request_id, signing.seal(messages.encode_request(request), self._key)
 
-    def send(self, kind: str, request_id: str, envelope: bytes) -> None:
-        """Publish an envelope (again, for a push in flight) to the server's queue."""
-        self.broker.ensure_node_queue(self.node_id)
-        self.broker.publish(
-            Message(
-                body=envelope,
-                kind=kind,
-                message_id=request_id,
-                correlation_id=request_id,
-                headers={"node": str(self.node_id), "proto": messages.PROTOCOL_VERSION},
-            )
-        )
-
+    @contextmanager
     def call(
         self, kind: str, body: dict[str, Any], extra_data: Mapping[str, Any] | None
-    ) -> tuple[str, Iterator[Reply]]:
-        """Send a new request; its id and the iterator of its reply chunks."""
+    ) -> Iterator[Iterator[Reply]]:
+        """Send a new request; give the iterator of its reply chunks."""
         request_id, envelope = self.seal(kind, body, extra_data)
-        self.send(kind, request_id, envelope)
-        return request_id, self.replies(kind, request_id)
+        with self.exchange(kind, request_id, envelope) as replies:
+            yield replies
 
-    def replies(self, kind: str, request_id: str) -> Iterator[Reply]:
-        """The reply chunks to ``request_id``, in order; raises for an error reply."""
+    def call_once(
+        self, kind: str, body: dict[str, Any], extra_data: Mapping[str, Any] | None
+    ) -> Reply:
+        """Send a new request answered by one reply, and return that reply."""
+        request_id, envelope = self.seal(kind, body, extra_data)
+        return self.send_once(kind, request_id, envelope)
+
+    def send_once(self, kind: str, request_id: str, envelope: bytes) -> Reply:
+        """Send (or send again, for a push in flight) a sealed request; its one reply."""
+        with self.exchange(kind, request_id, envelope) as replies:
+            for reply in replies:
+                return reply
+        raise ProtocolError(f"the reply to {request_id} ended early")
+
+    @contextmanager
+    def exchange(self, kind: str, request_id: str, envelope: bytes) -> Iterator[Iterator[Reply]]:
+        """Publish a sealed request; give its reply chunks, in order, verified.
+
+        Error replies raise (see ``raise_for``).
+        """
+        message = request_message(kind, request_id, envelope, node_id=self.node_id)
+        with self.broker.request(message, self.node_id) as messages_in:
+            yield self._replies(kind, request_id, messages_in)
+
+    def _replies(self, kind: str, request_id: str, received: Iterator[Message]) -> Iterator[Reply]:
         expected = 0
-        for message in self.broker.receive(self.node_id, request_id, self.timeout):
+        for message in received:
             try:
                 reply = self._open(message, kind)
             except ProtocolError as exc:
@@ -94,16 +104,26 @@ class NodeChannel:
             if reply.last:
                 return
 
-    def single_reply(self, kind: str, request_id: str) -> Reply:
-        """The one reply to ``request_id`` (error replies raise)."""
-        for reply in self.replies(kind, request_id):
-            return reply
-        raise ProtocolError(f"the reply to {request_id} ended early")
-
     def _open(self, message: Message, kind: str) -> Reply:
         signed, signature = signing.open_envelope(message.body, MAX_MESSAGE_BYTES)
         signing.verify(signed, signature, self._server_key)
         return messages.decode_reply(signed, kind)
+
+
+def request_message(
+    kind: str, request_id: str, envelope: bytes, *, node_id: int | None = None
+) -> Message:
+    """The broker message carrying a sealed request."""
+    headers: dict[str, Any] = {"proto": messages.PROTOCOL_VERSION}
+    if node_id is not None:
+        headers["node"] = str(node_id)
+    return Message(
+        body=envelope,
+        kind=kind,
+        message_id=request_id,
+        correlation_id=request_id,
+        headers=headers,
+    )
 
 
 def new_request(
@@ -124,34 +144,32 @@ def new_request(
     )
 
 
-def register(
-    broker: BrokerClient,
+def seal_registration(
     token: str,
     seed: bytes,
-    namespace: str,
-    timeout: float,
     extra_data: Mapping[str, Any] | None,
     clock: Callable[[], float],
-) -> Identity:
-    """Register a new node whose key is made from ``seed``; its identity at version 0."""
+) -> Registration:
+    """The signed registration of a node whose new key is made from ``seed``."""
     key = signing.private_key_from_seed(seed)
     body = {"token": token, "public_key": signing.public_key_bytes(key)}
     request = new_request(messages.REGISTER, 0, body, extra_data, clock)
+    envelope = signing.seal(messages.encode_request(request), key)
+    return Registration(request.request_id, seed, signing.token_digest(token), envelope)
+
+
+def register(
+    broker: BrokerClient, registration: Registration, token: str, namespace: str
+) -> Identity:
+    """Send a sealed registration; the new node's identity, at version 0."""
     answer = broker.call_direct(
-        Message(
-            body=signing.seal(messages.encode_request(request), key),
-            kind=request.kind,
-            message_id=request.request_id,
-            correlation_id=request.request_id,
-            headers={"proto": messages.PROTOCOL_VERSION},
-        ),
-        timeout,
+        request_message(messages.REGISTER, registration.request_id, registration.envelope)
     )
-    node_id, server_key = _accept_registration(answer, request, token)
-    return Identity(node_id, namespace, seed, server_key, 0, 0)
+    node_id, server_key = _accept_registration(answer, registration.request_id, token)
+    return Identity(node_id, namespace, registration.seed, server_key, 0, 0)
 
 
-def _accept_registration(answer: Message, request: Request, token: str) -> tuple[int, bytes]:
+def _accept_registration(answer: Message, request_id: str, token: str) -> tuple[int, bytes]:
     """Check the registration reply came from a server that knows the token."""
     signed, signature = signing.open_envelope(answer.body, MAX_MESSAGE_BYTES)
     reply = messages.decode_reply(signed, messages.REGISTER)
@@ -160,7 +178,7 @@ def _accept_registration(answer: Message, request: Request, token: str) -> tuple
     node_id, server_key = reply.body["node"], reply.body["server_key"]
     signing.verify(signed, signature, signing.load_public_key(server_key))
     expected = signing.registration_proof(
-        signing.token_digest(token), node_id, server_key, request.request_id
+        signing.token_digest(token), node_id, server_key, request_id
     )
     if not signing.proofs_match(expected, reply.body["proof"]):
         raise SignatureError("the registration reply does not prove knowledge of the token")

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq import channel
@@ -41,9 +42,13 @@ from dbsync_mq.errors import (
     PendingChanges,
     PullRequired,
     PushRejected,
+    ReplyRejected,
+    SyncTimeout,
     UniqueConstraintError,
 )
 from dbsync_mq.extensions import run_callbacks
+from dbsync_mq.locking import NodeLock
+from dbsync_mq.outbox import attach_rows
 from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
 from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local, schema, tracking
@@ -51,7 +56,7 @@ from dbsync_mq.storage.apply import delete_all, insert_rows
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
 from dbsync_mq.storage.merging import Pulled, merge_pulled
 from dbsync_mq.storage.models import ModelSet, tracked_model
-from dbsync_mq.transport.rabbitmq import BrokerClient
+from dbsync_mq.transport.node import BrokerClient
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, NODE_QUEUE_EXPIRY_MS, Topology
 
 logger = logging.getLogger(__name__)
@@ -99,7 +104,7 @@ class SyncClient:
         self._log = local.OperationLog(self.models, clock)
         tracking.attach(engine, self._log)
         self._broker = BrokerClient(broker_url, self.topology, timeout=timeout)
-        self._lock = threading.RLock()
+        self._lock = NodeLock(self.engine)
         self._identity: local.Identity | None = None
 
     # --- set-up -------------------------------------------------------------------
@@ -127,31 +132,53 @@ class SyncClient:
         return self._require_identity().version
 
     def register(self, token: str, *, extra_data: Mapping[str, Any] | None = None) -> int:
-        """Register this node with a one-time token from ``dbsync-mq enroll``; return its id."""
-        with self._lock:
+        """Register this node with a one-time token from ``dbsync-mq enroll``; return its id.
+
+        A registration whose answer was lost (a timeout, a lost connection) is sent
+        again as it was by the next ``register`` with the same token: the server
+        answers it from its record, so the token is not spent twice.
+        """
+        with self._turn():
             existing = self._load_identity()
             if existing is not None:
                 raise ConfigurationError(f"this database is already node {existing.node_id}")
-            seed = os.urandom(signing.SEED_BYTES)
-            identity = channel.register(
-                self._broker,
-                token,
-                seed,
-                self.topology.namespace,
-                self.timeout,
-                extra_data,
-                self._clock,
-            )
+            registration = self._pending_registration(token, extra_data)
+            try:
+                identity = channel.register(
+                    self._broker, registration, token, self.topology.namespace
+                )
+            except ReplyRejected:
+                with write_transaction(self.engine) as connection:
+                    local.delete_registration(connection)  # refused: nothing to settle
+                raise
             with write_transaction(self.engine) as connection:
                 local.save_identity(connection, identity)
+                local.delete_registration(connection)
             self._identity = identity
             logger.info("registered as node %s", identity.node_id)
             try:
                 self._broker.ensure_node_queue(identity.node_id)
-            except (ConfigurationError, BrokerUnavailable) as exc:
+            except (ConfigurationError, BrokerUnavailable, SyncTimeout) as exc:
                 # Enrollment-only credentials may not declare it: the next call does.
                 logger.info("reply queue of node %s not declared yet: %s", identity.node_id, exc)
             return identity.node_id
+
+    def _pending_registration(
+        self, token: str, extra_data: Mapping[str, Any] | None
+    ) -> local.Registration:
+        """The registration sent earlier with this token, or a new one, saved before sending."""
+        with read_transaction(self.engine) as connection:
+            pending = local.load_registration(connection)
+        if pending is not None and signing.proofs_match(
+            pending.token_digest, signing.token_digest(token)
+        ):
+            logger.info("sending registration %s again", pending.request_id)
+            return pending
+        seed = os.urandom(signing.SEED_BYTES)
+        registration = channel.seal_registration(token, seed, extra_data, self._clock)
+        with write_transaction(self.engine) as connection:
+            local.save_registration(connection, registration)
+        return registration
 
     # --- sync ---------------------------------------------------------------------
 
@@ -159,7 +186,7 @@ class SyncClient:
         self, *, extra_data: Mapping[str, Any] | None = None, max_attempts: int = MAX_SYNC_ATTEMPTS
     ) -> SyncResult:
         """Push local changes, pulling and merging first whenever the server is ahead."""
-        with self._lock:
+        with self._turn():
             pulls: list[PullResult] = []
             for _attempt in range(max_attempts):
                 try:
@@ -182,22 +209,29 @@ class SyncClient:
             raise PullRequired("pull-required", f"still behind after {max_attempts} attempts")
 
     def push(self, *, extra_data: Mapping[str, Any] | None = None) -> PushResult:
-        """Send the local changes; ``PullRequired`` if the server has changes to merge first."""
-        with self._lock:
+        """Send the local changes; ``PullRequired`` if the server has changes to merge first.
+
+        A push left in flight by an earlier call is settled first; the result counts
+        the operations of both.
+        """
+        with self._turn():
             messages.check_extra_data(extra_data)
-            self._settle_inflight()
+            settled = self._settle_inflight()
             identity = self._require_identity()
             prepared = self._prepare_push(identity, extra_data)
             if prepared is None:
-                return PushResult(identity.version, 0)
+                return settled or PushResult(identity.version, 0)
             push, count = prepared
-            node = self._channel()
-            node.send(messages.PUSH, push.request_id, push.body)
-            return self._settle(push, count)
+            result = self._settle(push, count)
+            if settled is None:
+                return result
+            return PushResult(
+                result.version, result.operations + settled.operations, result.accepted_version
+            )
 
     def pull(self, *, extra_data: Mapping[str, Any] | None = None) -> PullResult:
         """Fetch and merge the server's changes since the last merged version."""
-        with self._lock:
+        with self._turn():
             self._settle_inflight()
             identity = self._require_identity()
             with read_transaction(self.engine) as connection:
@@ -205,14 +239,14 @@ class SyncClient:
                     c for c in compress_local(local.unpushed(connection)) if c.command == DELETE
                 ]
             body = {"since": identity.version, "deleted": encode_changes(deleted)}
-            _rid, replies = self._channel().call(messages.PULL, body, extra_data)
             pulled = Pulled(identity.version)
-            for reply in replies:
-                pulled.version = reply.body["version"]
-                pulled.chunks.append(reply.body["changes"])
-                for parent in decode_changes(reply.body["parents"]):
-                    pulled.parents[parent.row_key] = parent.values or {}
-                pulled.own.update(str(e[1]) for e in reply.body["versions"] if len(e) == 2)
+            with self._channel().call(messages.PULL, body, extra_data) as replies:
+                for reply in replies:
+                    pulled.version = reply.body["version"]
+                    pulled.chunks.append(reply.body["changes"])
+                    for parent in decode_changes(reply.body["parents"]):
+                        pulled.parents[parent.row_key] = parent.values or {}
+                    pulled.own.update(str(e[1]) for e in reply.body["versions"] if len(e) == 2)
             return self._merge(identity, pulled)
 
     # --- other requests -------------------------------------------------------------
@@ -230,7 +264,7 @@ class SyncClient:
         unless ``force=True`` discards them. Streamed: memory stays bounded
         whatever the size of the tables. Push-only tables are left as they are.
         """
-        with self._lock:
+        with self._turn():
             with read_transaction(self.engine) as connection:
                 pending = [
                     (c.table, c.key, c.command) for c in compress_local(local.unpushed(connection))
@@ -239,8 +273,10 @@ class SyncClient:
                 raise PendingChanges(pending)
             if not force:
                 self._settle_inflight()
-            _rid, replies = self._channel().call(messages.REPAIR, {}, extra_data)
-            with write_transaction(self.engine) as connection:
+            with (
+                self._channel().call(messages.REPAIR, {}, extra_data) as replies,
+                write_transaction(self.engine) as connection,
+            ):
                 result = self._replace_tables(connection, replies, progress)
                 connection.execute(schema.operations.delete())
                 connection.execute(schema.inflight.delete())
@@ -297,21 +333,19 @@ class SyncClient:
             "offset": offset,
             "filters": {columns[key]: value for key, value in filters.items()},
         }
-        with self._lock:
-            _rid, replies = self._channel().call(messages.QUERY, body, extra_data)
-            reply = next(iter(replies))
+        with self._turn():
+            reply = self._channel().call_once(messages.QUERY, body, extra_data)
         rows = decode_changes(reply.body["rows"])
         return [tracked.instance(change.values or {}) for change in rows]
 
     def ping(self, *, extra_data: Mapping[str, Any] | None = None) -> PingResult:
         """Ask a worker for the server's version: proves the whole path works."""
-        with self._lock:
+        with self._turn():
             identity = self._require_identity()
             started = time.monotonic()
-            _rid, replies = self._channel().call(
+            reply = self._channel().call_once(
                 messages.PING, {"version": identity.version}, extra_data
             )
-            reply = next(iter(replies))
             return PingResult(
                 server_version=reply.body["version"],
                 local_version=identity.version,
@@ -343,7 +377,7 @@ class SyncClient:
             operations = local.unpushed(connection)
             if not operations:
                 return None
-            changes = local.attach_rows(connection, self.models, compress_local(operations))
+            changes = attach_rows(connection, self.models, compress_local(operations))
         body = {"base": identity.version, "changes": encode_changes(changes)}
         request_id, envelope = self._channel().seal(messages.PUSH, body, extra_data)
         push = local.InFlight(
@@ -359,23 +393,23 @@ class SyncClient:
             local.save_inflight(connection, push)
         return push, len(changes)
 
-    def _settle_inflight(self) -> None:
+    def _settle_inflight(self) -> PushResult | None:
         """Finish a push left in flight (by a crash or a timeout) before anything else."""
         with read_transaction(self.engine) as connection:
             push = local.load_inflight(connection)
         if push is None:
-            return
-        logger.info("resending push %s left in flight", push.request_id)
-        self._channel().send(messages.PUSH, push.request_id, push.body)
+            return None
+        logger.info("sending push %s again: it was left in flight", push.request_id)
         try:
-            self._settle(push, len(push.operation_ids))
+            return self._settle(push, len(push.operation_ids))
         except PushRejected as exc:
             logger.info("push %s in flight was not applied: %s", push.request_id, exc)
+            return None
 
     def _settle(self, push: local.InFlight, count: int) -> PushResult:
-        """Wait for the reply to ``push`` and record its outcome."""
+        """Send ``push`` (again), wait for its reply and record its outcome."""
         try:
-            reply = self._channel().single_reply(messages.PUSH, push.request_id)
+            reply = self._channel().send_once(messages.PUSH, push.request_id, push.body)
         except PushRejected:
             with write_transaction(self.engine) as connection:
                 local.delete_inflight(connection, push.request_id)
@@ -426,15 +460,31 @@ class SyncClient:
         failures = run_callbacks(self.models, merged.applied)
         return PullResult(pulled.version, merged.changes, merged.conflicts, failures)
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This node's turn to talk to the server (see ``dbsync_mq.locking``)."""
+        with self._lock.held(self.timeout) as outermost:
+            if outermost:
+                self._identity = None  # another process may have moved the node since
+                self._load_identity()  # and the sync tables must be there
+            yield
+
     # --- identity -----------------------------------------------------------------------
 
     def _channel(self) -> NodeChannel:
-        return NodeChannel(self._broker, self._require_identity(), self.timeout, self._clock)
+        return NodeChannel(self._broker, self._require_identity(), self._clock)
 
     def _load_identity(self) -> local.Identity | None:
         if self._identity is None:
-            with read_transaction(self.engine) as connection:
-                self._identity = local.load_identity(connection)
+            try:
+                with read_transaction(self.engine) as connection:
+                    self._identity = local.load_identity(connection)
+            except ConfigurationError:
+                if not sa.inspect(self.engine).has_table(schema.node.name):
+                    raise ConfigurationError(
+                        "this database has no sync tables: call SyncClient.install() first"
+                    ) from None
+                raise
         return self._identity
 
     def _require_identity(self) -> local.Identity:

@@ -6,7 +6,8 @@ pika. ``cut_on_upstream(pattern)`` and ``cut_on_downstream(pattern)`` cut at the
 moment a pattern crosses the proxy, to place a fault inside one AMQP exchange:
 upstream (client to broker) the chunk carrying it is dropped, downstream
 (broker to client) it is dropped too, so the broker has acted but the client
-never hears of it.
+never hears of it. ``stall()`` stops forwarding without closing anything (a
+silent network drop: nothing arrives, nothing fails) until ``restore()``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class TcpProxy:
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._open = threading.Event()
         self._open.set()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._held: list[socket.socket] = []
         self._closed = threading.Event()
         self._trigger: _Trigger | None = None
         self.refused = threading.Event()
@@ -74,10 +78,15 @@ class TcpProxy:
             for sock in pair:
                 _close(sock)
 
+    def stall(self) -> None:
+        """Stop forwarding, closing nothing: connections accepted meanwhile hang too."""
+        self._flowing.clear()
+
     def restore(self) -> None:
         """Accept and forward connections again."""
         self._trigger = None
         self._open.set()
+        self._flowing.set()
 
     @property
     def is_cut(self) -> bool:
@@ -95,7 +104,10 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed.set()
+        self._flowing.set()
         self.cut()
+        for sock in self._held:
+            _close(sock)
         self._thread.join(timeout=5)
         _close(self._listener)
 
@@ -112,6 +124,9 @@ class TcpProxy:
             if not self._open.is_set():
                 _close(client)
                 self.refused.set()
+                continue
+            if not self._flowing.is_set():
+                self._held.append(client)  # accepted, never answered
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -131,6 +146,8 @@ class TcpProxy:
             selector.register(client, selectors.EVENT_READ)
             selector.register(upstream, selectors.EVENT_READ)
             while self._open.is_set() and not self._closed.is_set():
+                if not self._flowing.wait(_POLL_SECONDS):
+                    continue
                 for key, _events in selector.select(timeout=_POLL_SECONDS):
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
                     sink = upstream if source is client else client
@@ -159,6 +176,9 @@ class TcpProxy:
             self.triggered.set()
             self.cut()
             return False
+        while data and not self._flowing.wait(_POLL_SECONDS):  # stalled: hold it
+            if self._closed.is_set():
+                return False
         if not data or not self._open.is_set():
             self._drop(pair)
             return False

@@ -32,10 +32,12 @@ from dbsync_mq.core import messages, signing
 from dbsync_mq.core.changeset import encode_changes
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.messages import Request
+from dbsync_mq.outbox import attach_rows
 from dbsync_mq.storage import local
 from dbsync_mq.storage.engine import read_transaction, write_transaction
 from dbsync_mq.transport.base import Message
-from dbsync_mq.transport.rabbitmq import BrokerClient, connect, declare_topology
+from dbsync_mq.transport.node import BrokerClient
+from dbsync_mq.transport.rabbitmq import connect, declare_topology
 from dbsync_mq.transport.topology import Topology
 
 
@@ -127,7 +129,7 @@ class EncodeBench:
             lap("read ops")
             compressed = compress_local(operations)
             lap("compress")
-            changes = local.attach_rows(connection, models, compressed)
+            changes = attach_rows(connection, models, compressed)
             lap("attach rows")
         body = {"base": 0, "changes": encode_changes(changes)}
         lap("encode")

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,11 +15,10 @@ from sqlalchemy.engine import Connection
 
 from dbsync_mq.core import codec
 from dbsync_mq.core.hlc import HybridClock
-from dbsync_mq.core.model import DELETE, UPDATE, Change, Key, Operation, Write
+from dbsync_mq.core.model import Key, Operation, Write
 from dbsync_mq.errors import ConfigurationError
-from dbsync_mq.extensions import load_data
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.apply import batches, read_row_keys
+from dbsync_mq.storage.apply import batches
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 
 logger = logging.getLogger(__name__)
@@ -110,33 +109,6 @@ def unpushed(connection: Connection) -> list[Operation]:
     ]
 
 
-def attach_rows(
-    connection: Connection, models: ModelSet, changes: Sequence[Change]
-) -> list[Change]:
-    """The changes with the current row of every insert and update, ready to push.
-
-    A row that vanished without a logged delete (raw SQL) is pushed as a delete
-    if the server has it, and dropped if it was never pushed.
-    """
-    wanted = [c.row_key for c in changes if c.command != DELETE and c.table in models]
-    rows = read_row_keys(connection, models, wanted)
-    ready = []
-    for change in changes:
-        if change.table not in models or not models.get(change.table).pushed:
-            continue
-        if change.command == DELETE:
-            ready.append(change)
-        elif change.row_key in rows:
-            row = rows[change.row_key]
-            extensions = load_data(models.get(change.table), row)
-            ready.append(replace(change, values=row, extensions=extensions))
-        else:
-            logger.warning("%s row %r vanished without a logged delete", change.table, change.key)
-            if change.command == UPDATE:
-                ready.append(Change(change.table, change.key, DELETE, change.hlc))
-    return ready
-
-
 def count_unpushed(connection: Connection) -> int:
     return connection.execute(
         sa.select(sa.func.count()).select_from(schema.operations)
@@ -208,6 +180,42 @@ def set_position(connection: Connection, version: int, hlc: int | None = None) -
         current = connection.execute(sa.select(schema.node.c.hlc)).scalar() or 0
         values["hlc"] = max(current, hlc)
     connection.execute(schema.node.update().values(**values))
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registration as sealed once, and sent again until it is settled."""
+
+    request_id: str
+    seed: bytes
+    token_digest: bytes
+    envelope: bytes
+
+
+def save_registration(connection: Connection, registration: Registration) -> None:
+    """Remember a registration before it is sent (replacing an older one)."""
+    connection.execute(schema.registration.delete())
+    connection.execute(
+        schema.registration.insert().values(
+            id=1,
+            request_id=registration.request_id,
+            seed=registration.seed,
+            token_digest=registration.token_digest,
+            envelope=registration.envelope,
+            created_at=utcnow(),
+        )
+    )
+
+
+def load_registration(connection: Connection) -> Registration | None:
+    row = connection.execute(sa.select(schema.registration)).mappings().first()
+    if row is None:
+        return None
+    return Registration(row["request_id"], row["seed"], row["token_digest"], row["envelope"])
+
+
+def delete_registration(connection: Connection) -> None:
+    connection.execute(schema.registration.delete())
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,19 @@ inflight = sa.Table(
 )
 """A push published but not yet settled: resent with the same request id."""
 
+registration = sa.Table(
+    "sync_registration",
+    client_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("seed", sa.LargeBinary, nullable=False, doc="the new node key's seed"),
+    sa.Column("token_digest", sa.LargeBinary(32), nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False, doc="the exact message sent"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""A registration sent and not yet answered: sent again as it was, so that a lost
+reply neither burns the token nor leaves a node behind on the server."""
+
 # --- server -----------------------------------------------------------------
 
 head = sa.Table(

@@ -1,9 +1,10 @@
-"""RabbitMQ through pika: the only module that imports pika.
+"""RabbitMQ through pika: connections, the topology, and the worker's consumer.
 
-Every pika exception is turned into one of ours at this boundary:
+With ``transport/node.py`` (a node's connection), the only modules that import
+pika. Every pika exception is turned into one of ours at this boundary:
 ``BrokerUnavailable`` when the broker cannot be reached or the topology is
-missing, ``SyncTimeout`` when no reply came in time, ``ConfigurationError`` when
-the broker refuses a declaration. Messages are persistent and published with
+missing, ``ConfigurationError`` when the broker refuses the credentials, the
+virtual host or a declaration. Messages are persistent and published with
 confirms; requests are ``mandatory`` so that a missing queue is an error, not a
 silent drop.
 """
@@ -17,15 +18,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from dbsync_mq.core.messages import REQUEST_KINDS
-from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, SyncTimeout
+from dbsync_mq.errors import BrokerUnavailable, ConfigurationError
 from dbsync_mq.transport.base import CONTENT_TYPE, Delivery, Message, Outgoing
-from dbsync_mq.transport.topology import DIRECT_REPLY_TO, Topology
+from dbsync_mq.transport.topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +61,74 @@ def broker_errors(what: str) -> Iterator[None]:
         raise BrokerUnavailable(f"{what}: {type(exc).__name__}: {exc}") from None
 
 
-def connect(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> pika.BlockingConnection:
-    """Open a blocking connection; ``BrokerUnavailable`` if the broker cannot be reached."""
-    with broker_errors("connect"):
+AMQP_SCHEMES: Final = ("amqp", "amqps")
+
+
+def broker_address(url: str) -> str:
+    """``host:port/vhost`` of a broker URL, for messages: never the credentials."""
+    parts = urlsplit(url)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return f"{parts.hostname or 'localhost'}:{port} (virtual host {vhost!r})"
+
+
+def connection_parameters(
+    url: str, *, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = CONNECT_TIMEOUT_SECONDS
+) -> pika.URLParameters:
+    """pika's parameters for ``url``; ``ConfigurationError`` for a URL that is not AMQP."""
+    scheme = urlsplit(url).scheme
+    if scheme not in AMQP_SCHEMES:
+        raise ConfigurationError(
+            f"the broker URL must start with amqp:// or amqps://, not {scheme or 'nothing'}://"
+        )
+    try:
         parameters = pika.URLParameters(url)
-        parameters.heartbeat = heartbeat
-        parameters.blocked_connection_timeout = 60
-        parameters.connection_attempts = 1
-        parameters.socket_timeout = CONNECT_TIMEOUT_SECONDS
-        parameters.stack_timeout = CONNECT_TIMEOUT_SECONDS
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"invalid broker URL: {exc}") from None
+    parameters.heartbeat = heartbeat
+    parameters.blocked_connection_timeout = max(timeout, 1.0)
+    parameters.connection_attempts = 1
+    parameters.socket_timeout = timeout
+    parameters.stack_timeout = timeout
+    return parameters
+
+
+def connect(
+    url: str, *, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = CONNECT_TIMEOUT_SECONDS
+) -> pika.BlockingConnection:
+    """Open a blocking connection.
+
+    ``ConfigurationError`` when the broker refuses the credentials or the virtual
+    host (no retry will help); ``BrokerUnavailable`` when it cannot be reached.
+    """
+    parameters = connection_parameters(url, heartbeat=heartbeat, timeout=timeout)
+    where = broker_address(url)
+    try:
         return pika.BlockingConnection(parameters)
+    except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError):
+        raise ConfigurationError(
+            f"RabbitMQ at {where} refused the login of user {parameters.credentials.username!r}"
+        ) from None
+    except pika.exceptions.ProbableAccessDeniedError:
+        raise ConfigurationError(
+            f"RabbitMQ at {where} refused access to the virtual host"
+        ) from None
+    except Exception as exc:  # pika raises types outside AMQPError too (connector timeouts)
+        reason = _connect_failure(exc)
+        raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {reason}") from None
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """The most telling reason of a failed connection (pika nests the socket's error)."""
+    inner = (
+        exc.args[0] if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args else exc
+    )
+    text = str(inner) or type(inner).__name__
+    return f"{type(inner).__name__}: {text}" if text != type(inner).__name__ else text
 
 
 def declare_topology(channel: BlockingChannel, topology: Topology) -> None:
@@ -106,7 +166,7 @@ def delete_topology(url: str, topology: Topology, node_ids: tuple[int, ...] = ()
             ):
                 channel.exchange_delete(exchange)
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
 def queue_depths(url: str, topology: Topology) -> dict[str, int]:
@@ -121,10 +181,10 @@ def queue_depths(url: str, topology: Topology) -> dict[str, int]:
                 depths[queue] = declared.method.message_count
             return depths
     finally:
-        _close_quietly(connection)
+        close_quietly(connection)
 
 
-def _properties(message: Message, *, reply_to: str | None = None) -> pika.BasicProperties:
+def amqp_properties(message: Message, *, reply_to: str | None = None) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=CONTENT_TYPE,
         delivery_mode=pika.DeliveryMode.Persistent,
@@ -137,7 +197,7 @@ def _properties(message: Message, *, reply_to: str | None = None) -> pika.BasicP
     )
 
 
-def _message(properties: pika.BasicProperties, body: bytes) -> Message:
+def received_message(properties: pika.BasicProperties, body: bytes) -> Message:
     return Message(
         body=body,
         kind=properties.type or "",
@@ -148,7 +208,7 @@ def _message(properties: pika.BasicProperties, body: bytes) -> Message:
     )
 
 
-def _close_quietly(connection: pika.BlockingConnection | None) -> None:
+def close_quietly(connection: pika.BlockingConnection | None) -> None:
     if connection is None:
         return
     try:
@@ -156,134 +216,6 @@ def _close_quietly(connection: pika.BlockingConnection | None) -> None:
             connection.close()
     except (pika.exceptions.AMQPError, OSError):
         pass
-
-
-class BrokerClient:
-    """A node's connection: publish requests, receive replies on its own queue.
-
-    Opened lazily and re-opened after any failure, so a client that was
-    offline simply works again when the broker is back. The heartbeat follows
-    the reply timeout, so a connection that silently died is noticed in about
-    the time a caller is prepared to wait anyway.
-    """
-
-    def __init__(self, url: str, topology: Topology, *, timeout: float = 30.0) -> None:
-        self._url = url
-        self._topology = topology
-        self._heartbeat = max(2, min(HEARTBEAT_SECONDS, int(timeout / 3)))
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-
-    def _open(self) -> BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        self.close()
-        self._connection = connect(self._url, heartbeat=self._heartbeat)
-        with broker_errors("open channel"):
-            channel = self._connection.channel()
-            channel.confirm_delivery()
-            channel.basic_qos(prefetch_count=16)
-        self._channel = channel
-        return channel
-
-    @contextmanager
-    def _session(self, what: str) -> Iterator[BlockingChannel]:
-        try:
-            with broker_errors(what):
-                yield self._open()
-        except BrokerUnavailable:
-            self.close()
-            raise
-
-    def ensure_node_queue(self, node_id: int) -> None:
-        """Declare this node's durable reply queue (replies reach it by its name).
-
-        Declared before every request, not once: a queue deleted or expired since
-        is back before the reply is sent. Nothing is bound: a node that may bind
-        its queue to an exchange carrying every node's replies could bind it with
-        another node's key and read them.
-        """
-        queue = self._topology.node_queue(node_id)
-        with self._session("declare reply queue") as channel:
-            channel.queue_declare(
-                queue, durable=True, arguments=dict(self._topology.node_queue_arguments)
-            )
-
-    def publish(self, message: Message) -> None:
-        """Publish a request to its kind's queue; return once the broker confirmed it."""
-        with self._session(f"publish {message.kind}") as channel:
-            channel.basic_publish(
-                self._topology.requests_exchange,
-                message.kind,
-                message.body,
-                _properties(message),
-                mandatory=True,
-            )
-
-    def receive(self, node_id: int, correlation_id: str, timeout: float) -> Iterator[Message]:
-        """Yield replies to ``correlation_id`` from the node's queue until ``timeout``.
-
-        A consumer is opened for the call and cancelled after it, so that no idle
-        client holds replies another client of the same node waits for. Replies
-        to older requests are acknowledged and dropped.
-        """
-        queue = self._topology.node_queue(node_id)
-        deadline = time.monotonic() + timeout
-        with self._session("receive replies") as channel:
-            try:
-                for method, properties, body in channel.consume(
-                    queue, inactivity_timeout=_POLL_SECONDS
-                ):
-                    if method is None:
-                        if time.monotonic() >= deadline:
-                            raise SyncTimeout(f"no reply to {correlation_id} in {timeout:g} s")
-                        continue
-                    # Acked before it is handled: a reply lost to a crash is asked for
-                    # again (pushes are resent with the same request id).
-                    channel.basic_ack(method.delivery_tag)
-                    if properties.correlation_id != correlation_id:
-                        logger.debug(
-                            "dropping a reply to earlier request %s", properties.correlation_id
-                        )
-                        continue
-                    yield _message(properties, body)
-                    deadline = time.monotonic() + timeout
-            finally:
-                if channel.is_open:
-                    channel.cancel()
-        # The broker cancelled the consumer: the queue was deleted while we waited.
-        raise BrokerUnavailable(f"the reply queue {queue} disappeared; call again")
-
-    def call_direct(self, message: Message, timeout: float) -> Message:
-        """Publish ``message`` and wait for its answer on RabbitMQ's direct reply-to."""
-        with self._session(f"call {message.kind}") as channel:
-            answers: list[Message] = []
-
-            def on_reply(_ch: Any, _method: Any, properties: Any, body: bytes) -> None:
-                if properties.correlation_id == message.correlation_id:
-                    answers.append(_message(properties, body))
-
-            tag = channel.basic_consume(DIRECT_REPLY_TO, on_reply, auto_ack=True)
-            channel.basic_publish(
-                self._topology.requests_exchange,
-                message.kind,
-                message.body,
-                _properties(message, reply_to=DIRECT_REPLY_TO),
-                mandatory=True,
-            )
-            deadline = time.monotonic() + timeout
-            while not answers and time.monotonic() < deadline:
-                channel.connection.process_data_events(time_limit=_POLL_SECONDS)
-            channel.basic_cancel(tag)
-        if not answers:
-            raise SyncTimeout(f"no answer to {message.kind} in {timeout:g} s")
-        return answers[0]
-
-    def close(self) -> None:
-        """Close the connection (it is re-opened by the next call)."""
-        _close_quietly(self._connection)
-        self._connection = None
-        self._channel = None
 
 
 class Consumer:
@@ -336,7 +268,7 @@ class Consumer:
         def deliver(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
             self._on_delivery(
                 Delivery(
-                    message=_message(properties, body),
+                    message=received_message(properties, body),
                     queue=queue,
                     tag=method.delivery_tag,
                     redelivered=bool(method.redelivered),
@@ -416,7 +348,7 @@ class Consumer:
             raise ConfigurationError("an outgoing message has no destination")
         with broker_errors("publish reply"):
             self._channel.basic_publish(
-                exchange, routing_key, item.message.body, _properties(item.message)
+                exchange, routing_key, item.message.body, amqp_properties(item.message)
             )
 
     def settle(self, delivery: Delivery, disposition: str) -> None:
@@ -436,6 +368,6 @@ class Consumer:
     def close(self) -> None:
         """Close the connection; unsettled deliveries go back to their queues."""
         self._fail_pending()
-        _close_quietly(self._connection)
+        close_quietly(self._connection)
         self._connection = None
         self._channel = None

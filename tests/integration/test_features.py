@@ -33,7 +33,7 @@ def server_engine(server_url: str) -> sa.Engine:
 def channel_of(node) -> NodeChannel:
     with node.engine.connect() as connection:
         identity = local.load_identity(connection)
-    return NodeChannel(node._broker, identity, node.timeout)
+    return NodeChannel(node._broker, identity)
 
 
 # --- repair ---------------------------------------------------------------------------
@@ -123,14 +123,12 @@ def test_query_errors_are_clear(make_node, worker):
     with pytest.raises(ConfigurationError, match="push-only"):
         node.query(Reading)
     # the server checks too, whatever a node sends
-    channel = channel_of(node)
-    _rid, replies = channel.call(
-        messages.QUERY,
-        {"table": "city", "filters": {"nope": 1}, "limit": None, "offset": 0},
-        None,
-    )
     with pytest.raises(ReplyRejected, match="unknown-column"):
-        next(replies)
+        channel_of(node).call_once(
+            messages.QUERY,
+            {"table": "city", "filters": {"nope": 1}, "limit": None, "offset": 0},
+            None,
+        )
 
 
 # --- directions -------------------------------------------------------------------------
@@ -145,9 +143,8 @@ def test_pull_only_models_are_not_pushed_and_are_refused_by_the_server(
 
     change = Change("country", 99, INSERT, 1, {"id": 99, "name": "forged"})
     body = {"base": node.version, "changes": encode_changes([change])}
-    _rid, replies = channel_of(node).call(messages.PUSH, body, None)
     with pytest.raises(PushRejected, match="direction-refused"):
-        next(replies)
+        channel_of(node).call_once(messages.PUSH, body, None)
     engine = server_engine(server_url)
     assert table_rows(engine, (Country,))["country"] == []
     engine.dispose()

@@ -1,8 +1,10 @@
 """A node in a process of its own, for tests that kill it.
 
-    python -m tests.reliability.node_process DB_PATH BROKER_URL NAMESPACE push|sync
+    python -m tests.reliability.node_process DB_PATH BROKER_URL NAMESPACE ACTION
 
-Prints the result as one JSON line; the node must already be registered.
+ACTION is ``push``, ``sync``, or ``sync-loop:PREFIX:COUNT`` (COUNT times: write a
+city named PREFIX-i, then sync). Prints the result as one JSON line; the node must
+already be registered.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import json
 import sys
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from dbsync_mq import SyncClient
-from tests.models import TRACKED
+from tests.models import TRACKED, City
 
 TIMEOUT_SECONDS = 30.0
 
@@ -28,6 +31,15 @@ def main(argv: list[str]) -> int:
         if action == "push":
             pushed = client.push()
             print(json.dumps({"version": pushed.version, "pushed": pushed.operations}))
+        elif action.startswith("sync-loop:"):
+            _, prefix, count = action.split(":")
+            total = 0
+            for index in range(int(count)):
+                with Session(engine) as session:
+                    session.add(City(name=f"{prefix}-{index}"))
+                    session.commit()
+                total += client.sync().pushed
+            print(json.dumps({"version": client.version, "pushed": total}))
         else:
             synced = client.sync()
             print(json.dumps({"version": synced.version, "pushed": synced.pushed}))

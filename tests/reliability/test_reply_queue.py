@@ -7,7 +7,7 @@ import pika.exceptions
 import pytest
 
 from dbsync_mq import SyncTimeout, commands
-from dbsync_mq.transport.rabbitmq import BrokerClient
+from dbsync_mq.transport.node import BrokerClient
 from dbsync_mq.transport.topology import Topology
 from tests.conftest import write
 from tests.models import City

@@ -1,0 +1,46 @@
+"""What a push carries: the logged changes with their current rows and extension data.
+
+Read from the node's database in the transaction that prepares the push.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from sqlalchemy.engine import Connection
+
+from dbsync_mq.core.model import DELETE, UPDATE, Change
+from dbsync_mq.extensions import load_data
+from dbsync_mq.storage.apply import read_row_keys
+from dbsync_mq.storage.models import ModelSet
+
+logger = logging.getLogger(__name__)
+
+
+def attach_rows(
+    connection: Connection, models: ModelSet, changes: Sequence[Change]
+) -> list[Change]:
+    """The changes with the current row of every insert and update, ready to push.
+
+    A row that vanished without a logged delete (raw SQL) is pushed as a delete
+    if the server has it, and dropped if it was never pushed.
+    """
+    wanted = [c.row_key for c in changes if c.command != DELETE and c.table in models]
+    rows = read_row_keys(connection, models, wanted)
+    ready = []
+    for change in changes:
+        if change.table not in models or not models.get(change.table).pushed:
+            continue
+        if change.command == DELETE:
+            ready.append(change)
+        elif change.row_key in rows:
+            row = rows[change.row_key]
+            extensions = load_data(models.get(change.table), row)
+            ready.append(replace(change, values=row, extensions=extensions))
+        else:
+            logger.warning("%s row %r vanished without a logged delete", change.table, change.key)
+            if change.command == UPDATE:
+                ready.append(Change(change.table, change.key, DELETE, change.hlc))
+    return ready
