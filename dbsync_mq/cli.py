@@ -64,7 +64,9 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # Every pika failure surfaces as one of our errors, naming the broker; pika's own
+    # records repeat it with tracebacks, so they show only with --verbose.
+    logging.getLogger("pika").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def _fail_cleanly(function: F) -> F:

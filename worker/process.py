@@ -134,6 +134,11 @@ class Worker:
             while not self.stopping:
                 try:
                     self._serve_connection(backoff)
+                except ConfigurationError as exc:
+                    # Refused credentials or virtual host: no retry will fix them.
+                    logger.error("the broker refused the worker: %s", exc)
+                    self._stopping.set()
+                    return RET_CONFIG
                 except BrokerUnavailable as exc:
                     self.connected.clear()
                     self.consumer.close()

@@ -5,6 +5,7 @@ SIGKILL at every stage of a push is in tests/reliability/test_worker_crash.py.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 import pytest
@@ -13,6 +14,8 @@ import sqlalchemy as sa
 from dbsync_mq.storage import schema
 from tests.conftest import write
 from tests.models import City
+from tests.processes import WorkerProcess
+from worker.process import RET_CONFIG
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 
@@ -47,3 +50,22 @@ def test_sigint_on_an_idle_worker_exits_zero(worker_process):
     worker_process.start()
     worker_process.signal(signal.SIGINT)
     assert worker_process.wait() == 0
+
+
+def test_a_worker_refused_by_the_broker_exits_with_the_configuration_code(
+    worker_config, tmp_path
+):
+    # Given a worker whose broker credentials are wrong
+    url = sa.make_url(worker_config.broker_url).set(password="wrong-password")
+    config = dataclasses.replace(
+        worker_config, broker_url=url.render_as_string(hide_password=False)
+    )
+    process = WorkerProcess(config, tmp_path / "refused.log")
+
+    # When it starts
+    process.start(wait=False)
+
+    # Then it stops at once with one clear line and the configuration exit code
+    assert process.wait(timeout=30) == RET_CONFIG
+    assert f"refused the login of user {url.username!r}" in process.output
+    assert "Traceback" not in process.output
