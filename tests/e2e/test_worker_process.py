@@ -52,9 +52,7 @@ def test_sigint_on_an_idle_worker_exits_zero(worker_process):
     assert worker_process.wait() == 0
 
 
-def test_a_worker_refused_by_the_broker_exits_with_the_configuration_code(
-    worker_config, tmp_path
-):
+def test_a_worker_refused_by_the_broker_exits_with_the_configuration_code(worker_config, tmp_path):
     # Given a worker whose broker credentials are wrong
     url = sa.make_url(worker_config.broker_url).set(password="wrong-password")
     config = dataclasses.replace(
