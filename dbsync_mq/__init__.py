@@ -36,7 +36,15 @@ from dbsync_mq.errors import (
     UniqueConstraintError,
 )
 from dbsync_mq.extensions import ExtensionFailure, extend
-from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
+from dbsync_mq.results import (
+    PendingChange,
+    PingResult,
+    PullResult,
+    PushResult,
+    QuarantinedRow,
+    RepairResult,
+    SyncResult,
+)
 from dbsync_mq.storage.tracking import track, untracked
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "ExtensionFailure",
     "MergeError",
     "NotRegistered",
+    "PendingChange",
     "PendingChanges",
     "PingResult",
     "ProtocolError",
@@ -57,6 +66,7 @@ __all__ = [
     "PullResult",
     "PushRejected",
     "PushResult",
+    "QuarantinedRow",
     "RepairResult",
     "ReplyRejected",
     "RequestRefused",

@@ -188,8 +188,9 @@ def _accept_registration(answer: Message, request_id: str, token: str) -> tuple[
 def raise_for(reply: Reply, kind: str) -> None:
     """Raise the error an error reply stands for."""
     code, reason = reply.code or "error", reply.reason or ""
+    rows = messages.error_rows(reply)
     if kind == messages.PUSH:
         if code == "pull-required":
             raise PullRequired(code, reason)
-        raise PushRejected(code, reason)
-    raise ReplyRejected(code, reason)
+        raise PushRejected(code, reason, rows)
+    raise ReplyRejected(code, reason, rows)

@@ -49,7 +49,15 @@ from dbsync_mq.errors import (
 from dbsync_mq.extensions import run_callbacks
 from dbsync_mq.locking import NodeLock
 from dbsync_mq.outbox import attach_rows
-from dbsync_mq.results import PingResult, PullResult, PushResult, RepairResult, SyncResult
+from dbsync_mq.results import (
+    PendingChange,
+    PingResult,
+    PullResult,
+    PushResult,
+    QuarantinedRow,
+    RepairResult,
+    SyncResult,
+)
 from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local, schema, tracking
 from dbsync_mq.storage.apply import delete_all, insert_rows
@@ -354,9 +362,40 @@ class SyncClient:
             )
 
     def pending_operations(self) -> int:
-        """How many logged operations wait to be pushed."""
+        """How many logged operations wait to be pushed (quarantined ones included)."""
         with read_transaction(self.engine) as connection:
             return local.count_unpushed(connection)
+
+    # --- rows the server refuses ------------------------------------------------------
+
+    def pending_changes(self) -> list[PendingChange]:
+        """Every row with local changes the server has not accepted, one per row."""
+        with read_transaction(self.engine) as connection:
+            changes = compress_local(local.unpushed(connection))
+            held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
+        return [PendingChange(c.table, c.key, c.command, c.row_key in held) for c in changes]
+
+    def quarantine(
+        self, rows: Iterable[tuple[str, Any]], *, code: str | None = None, reason: str = ""
+    ) -> int:
+        """Hold these rows' local changes back from pushes, so the others go through.
+
+        ``rows`` are ``(table, key)`` pairs, such as ``PushRejected.rows``. Nothing is
+        lost: the rows and their logged changes stay; fix a row and ``release`` it to
+        push it again. Returns how many rows were newly held.
+        """
+        with write_transaction(self.engine) as connection:
+            return local.quarantine(connection, list(rows), code, reason or None)
+
+    def quarantined(self) -> list[QuarantinedRow]:
+        """The rows held back from pushes, oldest first."""
+        with read_transaction(self.engine) as connection:
+            return [QuarantinedRow(*row) for row in local.quarantined(connection)]
+
+    def release(self, rows: Iterable[tuple[str, Any]] | None = None) -> int:
+        """Push these quarantined rows again (every one with ``None``); how many were held."""
+        with write_transaction(self.engine) as connection:
+            return local.release(connection, None if rows is None else list(rows))
 
     def close(self) -> None:
         """Close the broker connection (it reopens on the next call)."""
@@ -375,6 +414,9 @@ class SyncClient:
     ) -> tuple[local.InFlight, int] | None:
         with read_transaction(self.engine) as connection:
             operations = local.unpushed(connection)
+            held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
+            if held:
+                operations = [op for op in operations if op.row_key not in held]
             if not operations:
                 return None
             changes = attach_rows(connection, self.models, compress_local(operations))

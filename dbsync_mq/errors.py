@@ -111,26 +111,34 @@ class SyncTimeout(SyncError):
 class RequestRefused(SyncError):
     """Raised by server handlers: an authenticated request that cannot be served.
 
-    The worker answers it with a signed error reply carrying ``code``.
+    The worker answers it with a signed error reply carrying ``code``, and the
+    ``(table, key)`` of the rows at fault when they are known (``rows``).
     """
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, rows: Sequence[tuple[str, Any]] = ()) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.rows = list(rows)
 
 
 class ReplyRejected(SyncError):
-    """The server answered with an error ``code`` and a human ``reason``."""
+    """The server answered with an error ``code``, a human ``reason`` and, when it
+    could tell, the ``(table, key)`` of the rows at fault (``rows``)."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, rows: Sequence[tuple[str, Any]] = ()) -> None:
         super().__init__(f"server refused the request ({code}): {reason}")
         self.code = code
         self.reason = reason
+        self.rows = list(rows)
 
 
 class PushRejected(ReplyRejected):
-    """The server did not apply a push; the local operations are kept."""
+    """The server did not apply a push; the local operations are kept.
+
+    ``rows`` names the rows the server refused, when it could tell: hold them back
+    with ``SyncClient.quarantine(exc.rows)`` and the others are pushed.
+    """
 
 
 class PullRequired(PushRejected):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from dbsync_mq.core.merge import Conflict
 from dbsync_mq.extensions import ExtensionFailure
@@ -66,3 +67,25 @@ class PingResult:
     def behind(self) -> int:
         """Versions the node has not merged yet."""
         return max(0, self.server_version - self.local_version)
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """A row with local changes not yet accepted by the server, compressed to one
+    command (``"i"``, ``"u"`` or ``"d"``); ``quarantined`` when held back from pushes."""
+
+    table: str
+    key: Any
+    command: str
+    quarantined: bool = False
+
+
+@dataclass(frozen=True)
+class QuarantinedRow:
+    """A row held back from pushes by ``SyncClient.quarantine``: the server's refusal
+    ``code`` and ``reason`` when it came from one."""
+
+    table: str
+    key: Any
+    code: str | None
+    reason: str | None

@@ -16,7 +16,7 @@ right type, nothing else. A reply to one request may come in several chunks
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -199,6 +199,8 @@ def decode_reply(signed_bytes: bytes, request_kind: str) -> Reply:
         raise ProtocolError("not a reply")
     if fields["status"] == OK:
         _check_fields(fields["body"], REPLY_BODIES[request_kind], f"{request_kind} reply")
+    else:
+        _check_error_rows(fields["body"].get("rows", []))
     return Reply(
         request_id=fields["rid"],
         timestamp_ms=fields["ts"],
@@ -209,6 +211,32 @@ def decode_reply(signed_bytes: bytes, request_kind: str) -> Reply:
         seq=fields["seq"],
         last=fields["last"],
     )
+
+
+def error_body(rows: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The body of an error reply naming the rows at fault (keys as arrays if composite)."""
+    if not rows:
+        return {}
+    return {"rows": [[table, list(key) if isinstance(key, tuple) else key] for table, key in rows]}
+
+
+def error_rows(reply: Reply) -> list[tuple[str, Any]]:
+    """The ``(table, key)`` of the rows an error reply names (composite keys as tuples)."""
+    return [
+        (table, tuple(key) if isinstance(key, list) else key)
+        for table, key in reply.body.get("rows", [])
+    ]
+
+
+def _check_error_rows(rows: Any) -> None:
+    if not isinstance(rows, list) or not all(
+        isinstance(row, list)
+        and len(row) == 2
+        and isinstance(row[0], str)
+        and not isinstance(row[1], (dict, float, type(None)))
+        for row in rows
+    ):
+        raise ProtocolError("reply: rows of an error must be [table, key] pairs")
 
 
 def encode_event(version: int, timestamp_ms: int) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -47,6 +47,8 @@ StageHook = Callable[[str, str, str], None]
 ``after-commit``), the request kind and its id: for tracing and fault injection."""
 
 REPLY_KIND: Final = messages.REPLY
+MAX_REFUSED_ROWS: Final = 1000
+"""Rows at fault an error reply names at most."""
 MAX_NODE_ID: Final = 2**31 - 1
 """Largest node id: ``sync_nodes.id`` is a 32-bit integer column."""
 
@@ -112,7 +114,7 @@ class Server:
         except RequestRefused as exc:
             return Outcome(
                 "ack",
-                [self._error(request, exc.code, exc.reason)],
+                [self._error(request, exc.code, exc.reason, exc.rows)],
                 exc.reason,
                 request.kind,
                 request_id=request.request_id,
@@ -313,18 +315,23 @@ class Server:
         )
         return signing.seal(messages.encode_reply(reply), self._key)
 
-    def _seal_error(self, request: Request, code: str, reason: str) -> bytes:
+    def _seal_error(
+        self, request: Request, code: str, reason: str, rows: Sequence[tuple[str, Any]] = ()
+    ) -> bytes:
         reply = Reply(
             request_id=request.request_id,
             timestamp_ms=self._now_ms(),
             status=messages.ERROR,
+            body=messages.error_body(rows[:MAX_REFUSED_ROWS]),
             code=code,
             reason=reason,
         )
         return signing.seal(messages.encode_reply(reply), self._key)
 
-    def _error(self, request: Request, code: str, reason: str) -> Outgoing:
-        return self._to_node(request, self._seal_error(request, code, reason))
+    def _error(
+        self, request: Request, code: str, reason: str, rows: Sequence[tuple[str, Any]] = ()
+    ) -> Outgoing:
+        return self._to_node(request, self._seal_error(request, code, reason, rows))
 
     def _to_node(self, request: Request, body: bytes) -> Outgoing:
         return Outgoing(_reply_message(request, body), node_id=request.node_id)

@@ -17,7 +17,9 @@ Events:
 
 A listener that raises refuses the request: the node gets the error code
 ``hook-refused`` (or the code of a ``RequestRefused`` it raised) with the
-exception's message as the reason, and nothing is written. Listeners inside a
+exception's message as the reason, and nothing is written. A listener that
+raises ``RequestRefused(code, reason, rows=[(table, key), ...])`` names the
+rows at fault: the node can hold them back and push the others. Listeners inside a
 transaction get an ORM ``session`` on that transaction: what they write commits
 with the push, or not at all. (Their writes to tracked models are not turned
 into versions: nodes would not see them.)

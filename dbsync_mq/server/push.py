@@ -56,18 +56,38 @@ class Accepted:
 
 
 def decode_push(models: ModelSet, request: Request) -> list[Change]:
-    """The push's changes, checked against the tracked models; ``RequestRefused`` if bad."""
+    """The push's changes, checked against the tracked models.
+
+    ``RequestRefused`` if any is bad, naming every row at fault (the node can hold
+    those back and push the others).
+    """
     try:
         changes = decode_changes(request.body["changes"])
     except ProtocolError as exc:
         raise RequestRefused("malformed", str(exc)) from None
+    refusals: list[RequestRefused] = []
     seen: set[tuple[str, object]] = set()
     for change in changes:
-        check_change(models, change)
-        if hashable_key(change) in seen:
-            raise RequestRefused("malformed", f"{change.table} row {change.key!r} appears twice")
+        try:
+            check_change(models, change)
+            if hashable_key(change) in seen:
+                reason = f"{change.table} row {change.key!r} appears twice"
+                raise RequestRefused("malformed", reason, [(change.table, change.key)])
+        except RequestRefused as exc:
+            refusals.append(exc)
+            continue
         seen.add(change.row_key)
+    if refusals:
+        raise _refusal(refusals)
     return changes
+
+
+def _refusal(refusals: Sequence[RequestRefused]) -> RequestRefused:
+    """One refusal for the whole push: the first reason, every row at fault."""
+    first = refusals[0]
+    more = f" (and {len(refusals) - 1} more refused rows)" if len(refusals) > 1 else ""
+    rows = [row for refusal in refusals for row in refusal.rows]
+    return RequestRefused(first.code, first.reason + more, rows)
 
 
 def hashable_key(change: Change) -> RowKey:
@@ -81,7 +101,15 @@ def hashable_key(change: Change) -> RowKey:
 
 
 def check_change(models: ModelSet, change: Change) -> None:
-    """Refuse a change to an untracked or pull-only table, or with a bad row."""
+    """Refuse a change to an untracked or pull-only table, or with a bad row; the
+    refusal names the row."""
+    try:
+        _check_change(models, change)
+    except RequestRefused as exc:
+        raise RequestRefused(exc.code, exc.reason, [(change.table, change.key)]) from None
+
+
+def _check_change(models: ModelSet, change: Change) -> None:
     model = models.by_table.get(change.table)
     if model is None:
         raise RequestRefused("unknown-table", f"table {change.table!r} is not tracked")

@@ -109,6 +109,53 @@ def unpushed(connection: Connection) -> list[Operation]:
     ]
 
 
+def quarantine(
+    connection: Connection, rows: Iterable[tuple[str, Key]], code: str | None, reason: str | None
+) -> int:
+    """Hold these rows' logged changes back from pushes; how many rows were not held yet."""
+    held = {(table, key) for table, key, _code, _reason in quarantined(connection)}
+    new = [row for row in dict.fromkeys(rows) if row not in held]
+    if new:
+        connection.execute(
+            schema.quarantine.insert(),
+            [
+                {
+                    "table_name": table,
+                    "row_key": codec.encode_key(key),
+                    "code": code,
+                    "reason": reason,
+                    "created_at": utcnow(),
+                }
+                for table, key in new
+            ],
+        )
+    return len(new)
+
+
+def quarantined(connection: Connection) -> list[tuple[str, Key, str | None, str | None]]:
+    """``(table, key, code, reason)`` of every row held back, oldest first."""
+    q = schema.quarantine.c
+    result = connection.execute(
+        sa.select(q.table_name, q.row_key, q.code, q.reason).order_by(q.created_at)
+    )
+    return [(row.table_name, codec.decode_key(row.row_key), row.code, row.reason) for row in result]
+
+
+def release(connection: Connection, rows: Iterable[tuple[str, Key]] | None) -> int:
+    """Let these rows (all of them with ``None``) be pushed again; how many were held."""
+    if rows is None:
+        return connection.execute(schema.quarantine.delete()).rowcount
+    q = schema.quarantine.c
+    released = 0
+    for table, key in dict.fromkeys(rows):
+        released += connection.execute(
+            schema.quarantine.delete().where(
+                q.table_name == table, q.row_key == codec.encode_key(key)
+            )
+        ).rowcount
+    return released
+
+
 def count_unpushed(connection: Connection) -> int:
     return connection.execute(
         sa.select(sa.func.count()).select_from(schema.operations)

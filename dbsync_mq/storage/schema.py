@@ -53,6 +53,18 @@ inflight = sa.Table(
 )
 """A push published but not yet settled: resent with the same request id."""
 
+quarantine = sa.Table(
+    "sync_quarantine",
+    client_metadata,
+    sa.Column("table_name", sa.String(128), primary_key=True),
+    sa.Column("row_key", sa.LargeBinary, primary_key=True, doc="codec-encoded primary key"),
+    sa.Column("code", sa.String(64), nullable=True, doc="the server's refusal, if any"),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""Rows whose logged changes are held back from pushes until released: a row the server
+refused does not block the others. Their log entries stay in ``sync_operations``."""
+
 registration = sa.Table(
     "sync_registration",
     client_metadata,
