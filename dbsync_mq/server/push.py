@@ -34,8 +34,8 @@ from dbsync_mq.server.hooks import Hooks, PushContext
 from dbsync_mq.server.state import NodeRecord
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import apply_changes
-from dbsync_mq.storage.local import utcnow
 from dbsync_mq.storage.models import ModelSet
+from dbsync_mq.storage.schema import utcnow
 from dbsync_mq.storage.unique import find_moves
 from dbsync_mq.storage.values import check_row
 

@@ -21,7 +21,7 @@ from dbsync_mq.errors import RequestRefused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RegisterContext
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.local import utcnow
+from dbsync_mq.storage.schema import utcnow
 
 
 def register_node(

@@ -14,8 +14,8 @@ from dbsync_mq.core import signing
 from dbsync_mq.errors import ConfigurationError
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.engine import database_errors, prepare, write_transaction
-from dbsync_mq.storage.local import utcnow
 from dbsync_mq.storage.models import ModelSet
+from dbsync_mq.storage.schema import utcnow
 
 
 def initialize(engine: Engine, models: ModelSet) -> None:

@@ -25,8 +25,8 @@ from dbsync_mq.server import state
 from dbsync_mq.storage import schema, tracking
 from dbsync_mq.storage.apply import read_row_keys
 from dbsync_mq.storage.engine import prepare
-from dbsync_mq.storage.local import utcnow
 from dbsync_mq.storage.models import ModelSet, TrackedModel
+from dbsync_mq.storage.schema import utcnow
 
 _PENDING: Final = "dbsync_mq.server_writes"
 _LOCKED: Final = "dbsync_mq.head_locked"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -20,13 +19,9 @@ from dbsync_mq.errors import ConfigurationError
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import batches
 from dbsync_mq.storage.models import ModelSet, TrackedModel
+from dbsync_mq.storage.schema import utcnow
 
 logger = logging.getLogger(__name__)
-
-
-def utcnow() -> dt.datetime:
-    """Naive UTC now, as every sync table stores times."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 class OperationLog:

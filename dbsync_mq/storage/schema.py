@@ -5,7 +5,15 @@ Every table is prefixed ``sync_`` so it never collides with application tables.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import sqlalchemy as sa
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now, as every sync table stores times."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
 
 client_metadata = sa.MetaData()
 """Tables a client node keeps beside its application tables."""

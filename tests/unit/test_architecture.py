@@ -131,6 +131,47 @@ def test_storage_does_not_import_pika(path: Path) -> None:
     assert sorted(m for m in imports_of(path) if top(m) == "pika") == []
 
 
+# Each edge sees only the core, the errors and itself: storage knows nothing of the
+# broker or of the layers built on it (client, channel, extensions, server), and the
+# transport nothing of the database.
+LAYERS_BELOW = {
+    "dbsync_mq/storage": ("dbsync_mq.storage", "dbsync_mq.core", "dbsync_mq.errors"),
+    "dbsync_mq/transport": ("dbsync_mq.transport", "dbsync_mq.core", "dbsync_mq.errors"),
+}
+
+
+def outer_imports(path: Path, allowed: tuple[str, ...]) -> list[str]:
+    return sorted(
+        module
+        for module in imports_of(path)
+        if top(module) == "dbsync_mq" and not any(within(module, ok) for ok in allowed)
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        (path, allowed)
+        for package, allowed in LAYERS_BELOW.items()
+        for path in python_files(package)
+    ],
+    ids=lambda value: str(value.relative_to(ROOT)) if isinstance(value, Path) else "",
+)
+def test_storage_and_transport_import_only_the_core_and_themselves(
+    path: Path, allowed: tuple[str, ...]
+) -> None:
+    assert outer_imports(path, allowed) == []
+
+
+def test_the_layer_check_sees_an_outer_import() -> None:
+    source = "from dbsync_mq.extensions import load_data\nfrom dbsync_mq.storage import schema"
+    imports = set(imported_modules(source, "dbsync_mq.storage.local"))
+
+    assert [m for m in imports if not within(m, "dbsync_mq.storage")] == [
+        "dbsync_mq.extensions.load_data"
+    ]
+
+
 def test_only_the_rabbitmq_transport_modules_import_pika() -> None:
     importers = {
         str(path.relative_to(ROOT))
