@@ -13,6 +13,7 @@
     client.sync()                   # whenever the network is there
 """
 
+from dbsync_mq.agent import SyncStatus
 from dbsync_mq.client import SyncClient
 from dbsync_mq.core.merge import Conflict, ConflictCase
 from dbsync_mq.errors import (
@@ -74,6 +75,7 @@ __all__ = [
     "SyncClient",
     "SyncError",
     "SyncResult",
+    "SyncStatus",
     "SyncTimeout",
     "TrackingError",
     "UniqueConstraintError",

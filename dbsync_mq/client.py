@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq import channel
+from dbsync_mq.agent import Agent, AgentSettings, StatusListener, SyncStatus
 from dbsync_mq.channel import NodeChannel
 from dbsync_mq.config import DEFAULT_BROKER_URL, MAX_MESSAGE_BYTES, REQUEST_TIMEOUT_SECONDS
 from dbsync_mq.core import messages, signing
@@ -113,6 +115,8 @@ class SyncClient:
         tracking.attach(engine, self._log)
         self._broker = BrokerClient(broker_url, self.topology, timeout=timeout)
         self._lock = NodeLock(self.engine)
+        self._agent: Agent | None = None
+        self._agent_lock = threading.Lock()
         self._identity: local.Identity | None = None
 
     # --- set-up -------------------------------------------------------------------
@@ -397,8 +401,68 @@ class SyncClient:
         with write_transaction(self.engine) as connection:
             return local.release(connection, None if rows is None else list(rows))
 
+    # --- background sync ----------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        on_status: StatusListener | None = None,
+        debounce: float = AgentSettings.debounce,
+        pull_interval: float = AgentSettings.pull_interval,
+        retry_max: float = AgentSettings.retry_max,
+        reconnect_max: float = AgentSettings.reconnect_max,
+    ) -> None:
+        """Keep this node in sync in a background thread until ``stop()``.
+
+        Pushes ``debounce`` seconds after local commits and at once when the broker
+        comes back; pulls when the server announces a newer version and at least
+        every ``pull_interval``; retries failures with backoff up to ``retry_max``
+        (``reconnect_max`` while the broker is unreachable). ``on_status`` is called
+        with a ``SyncStatus`` on every change, from the agent's thread. The other
+        calls keep working meanwhile. See ``dbsync_mq.agent``.
+        """
+        settings = AgentSettings(
+            debounce=debounce,
+            pull_interval=pull_interval,
+            retry_max=retry_max,
+            reconnect_max=reconnect_max,
+            retry_min=min(AgentSettings.retry_min, retry_max),
+        )
+        self._require_identity()
+        with self._agent_lock:
+            if self._agent is not None and self._agent.running:
+                raise ConfigurationError("the background sync is already running")
+            self._agent = Agent(self, settings, on_status)
+            self._agent.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the background sync after the sync in hand (waits up to ``timeout``)."""
+        with self._agent_lock:
+            agent, self._agent = self._agent, None
+        if agent is not None and not agent.stop(timeout):
+            logger.warning("the background sync did not stop within %g s", timeout)
+
+    @contextmanager
+    def running(self, **options: Any) -> Iterator[SyncClient]:
+        """``start(**options)`` for the block, ``stop()`` after it."""
+        self.start(**options)
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    @property
+    def status(self) -> SyncStatus:
+        """The background sync's state, version, pending operations, last error and sync."""
+        agent = self._agent
+        if agent is not None and agent.running:
+            return agent.status
+        identity = self._load_identity()
+        return SyncStatus("stopped", identity.version if identity else 0, self.pending_operations())
+
     def close(self) -> None:
-        """Close the broker connection (it reopens on the next call)."""
+        """Stop the background sync and close the broker connection (it reopens when used)."""
+        self.stop()
         self._broker.close()
 
     def __enter__(self) -> SyncClient:

@@ -52,6 +52,9 @@ class VersionWriter:
     def record(self, connection: Connection, writes: Sequence[Write]) -> None:
         connection.info.setdefault(_PENDING, []).extend(writes)
 
+    def after_commit(self) -> None:
+        """Nothing to do: the version was written inside the transaction."""
+
     def before_commit(self, connection: Connection) -> None:
         writes = connection.info.pop(_PENDING, None)
         if not writes:

@@ -37,6 +37,7 @@ class OperationLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._started = False
+        self._commit_listeners: list[Callable[[], None]] = []
 
     def wants(self, model: TrackedModel) -> bool:
         return model.pushed
@@ -46,6 +47,19 @@ class OperationLog:
 
     def before_commit(self, connection: Connection) -> None:
         """Nothing to finish: every operation was logged when it was flushed."""
+
+    def after_commit(self) -> None:
+        """Tell the commit listeners: there are new operations to push."""
+        for listener in list(self._commit_listeners):
+            listener()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the writer's thread, briefly) after each logged commit."""
+        self._commit_listeners.append(listener)
+
+    def remove_commit_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._commit_listeners:
+            self._commit_listeners.remove(listener)
 
     def record(self, connection: Connection, writes: Sequence[Write]) -> None:
         if not writes:

@@ -35,6 +35,7 @@ T = TypeVar("T", bound=type)
 _BUFFER: Final = "dbsync_mq.captured"
 _TOUCHED: Final = "dbsync_mq.touched"
 _PAUSED: Final = "dbsync_mq.paused"
+_COMMITTING: Final = "dbsync_mq.committing"
 
 
 class Capture(Protocol):
@@ -53,6 +54,9 @@ class Capture(Protocol):
 
     def before_commit(self, connection: Connection) -> None:
         """Called when a session that wrote through ``connection`` commits."""
+
+    def after_commit(self) -> None:
+        """Called once a session that wrote through the capture has committed."""
 
 
 _captures: weakref.WeakKeyDictionary[Engine, Capture | None] = weakref.WeakKeyDictionary()
@@ -244,12 +248,19 @@ def _before_commit(session: Session) -> None:
         capture = capture_of(connection)
         if capture is not None:
             capture.before_commit(connection)
+            session.info.setdefault(_COMMITTING, []).append(capture)
+
+
+def _after_commit(session: Session) -> None:
+    for capture in session.info.pop(_COMMITTING, ()):
+        capture.after_commit()
 
 
 def _discard_buffer(session: Session, *_args: Any) -> None:
     session.info.pop(_BUFFER, None)
     if not session.in_transaction():
         session.info.pop(_TOUCHED, None)
+        session.info.pop(_COMMITTING, None)
 
 
 # --- ORM-enabled statements ---------------------------------------------------
@@ -382,6 +393,7 @@ def _install_session_listeners() -> None:
     event.listen(Session, "before_flush", _before_flush)
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "before_commit", _before_commit)
+    event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_soft_rollback", _discard_buffer)
     event.listen(Session, "do_orm_execute", _on_orm_execute)
 

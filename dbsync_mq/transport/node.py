@@ -88,6 +88,21 @@ class _Inbox:
     items: queue.SimpleQueue[_Reply | SyncError] = field(default_factory=queue.SimpleQueue)
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """A queue of the node's own, bound to an exchange, whose messages go to ``deliver``
+    (called on the connection's thread: it must hand them over and return at once)."""
+
+    queue_name: str
+    exchange: str
+    deliver: Callable[[Message], None]
+
+
+ConnectionListener = Callable[[bool], None]
+"""Told ``True`` when a connection opens and ``False`` when it is lost or closed
+(called on the connection's thread: it must return at once)."""
+
+
 @dataclass
 class _Command:
     what: str
@@ -103,8 +118,17 @@ _STOP: Final = None
 class _Owner:
     """The thread that owns one connection: it alone touches pika."""
 
-    def __init__(self, url: str, heartbeat: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        heartbeat: int,
+        connect_timeout: float,
+        subscription: Subscription | None = None,
+        listener: ConnectionListener | None = None,
+    ) -> None:
         self._url = url
+        self.subscription = subscription
+        self._listener = listener
         self._heartbeat = heartbeat
         self._connect_timeout = connect_timeout
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
@@ -147,6 +171,9 @@ class _Owner:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def set_listener(self, listener: ConnectionListener | None) -> None:
+        self._listener = listener
+
     def _wake(self) -> None:
         # Read after the command was queued: if the owner has no connection yet, it
         # drains the queue right after opening one, so nothing waits for a turn.
@@ -186,7 +213,8 @@ class _Owner:
 
     def _serve(self) -> None:
         """Heartbeats and deliveries while no command waits; close an idle connection."""
-        if not self._inboxes and time.monotonic() - self._last_used > IDLE_CLOSE_SECONDS:
+        idle = time.monotonic() - self._last_used > IDLE_CLOSE_SECONDS
+        if idle and not self._inboxes and self.subscription is None:
             self._disconnect(None)
             return
         assert self._connection is not None
@@ -233,15 +261,22 @@ class _Owner:
                 channel.confirm_delivery()
                 channel.basic_qos(prefetch_count=REPLY_PREFETCH)
                 channel.add_on_cancel_callback(self._on_broker_cancel)
+            if self.subscription is not None:
+                with broker_errors("subscribe to events"):
+                    self._consume(channel, self.subscription)
         except SyncError:
             close_quietly(connection)
             raise
         self._generation += 1
         self._connection, self._channel = connection, channel
+        if self._listener is not None:
+            self._listener(True)
         return channel
 
     def _disconnect(self, error: SyncError | None) -> None:
         """Drop the connection; callers waiting for replies get ``error``."""
+        if self._connection is not None and self._listener is not None:
+            self._listener(False)
         close_quietly(self._connection)
         self._connection = self._channel = None
         self._consumers.clear()
@@ -263,6 +298,28 @@ class _Owner:
                 command.future.set_exception(BrokerUnavailable("the broker connection was closed"))
 
     # --- commands: they run on the owner thread ---------------------------------------
+
+    def subscribe(self, channel: BlockingChannel, subscription: Subscription | None) -> None:
+        """Consume ``subscription`` now and on every connection to come (``None``: stop)."""
+        previous, self.subscription = self.subscription, subscription
+        if previous is not None:
+            tag = self._consumers.pop(previous.queue_name, None)
+            if tag is not None:
+                channel.basic_cancel(tag)
+            channel.queue_delete(previous.queue_name)
+        if subscription is not None:
+            self._consume(channel, subscription)
+
+    def _consume(self, channel: BlockingChannel, subscription: Subscription) -> None:
+        channel.queue_declare(subscription.queue_name, exclusive=True, auto_delete=True)
+        channel.queue_bind(subscription.queue_name, subscription.exchange)
+
+        def deliver(_ch: Any, _method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+            subscription.deliver(received_message(properties, body))
+
+        self._consumers[subscription.queue_name] = channel.basic_consume(
+            subscription.queue_name, deliver, auto_ack=True
+        )
 
     def open_inbox(
         self,
@@ -365,6 +422,8 @@ class BrokerClient:
         self._owner: _Owner | None = None
         self._stuck: list[_Owner] = []
         self._lock = threading.Lock()
+        self._subscription: Subscription | None = None
+        self._listener: ConnectionListener | None = None
         self.address = broker_address(url)
 
     # --- requests -------------------------------------------------------------------
@@ -403,6 +462,36 @@ class BrokerClient:
             lambda channel: self._publish(channel, message, None),
             deadline,
         )
+
+    def open(self) -> None:
+        """Open the connection now (and the subscription, if any), if it is not open."""
+        deadline = time.monotonic() + self.timeout
+        self._run(self._current_owner(deadline), "connect", lambda _channel: None, deadline)
+
+    def subscribe(self, subscription: Subscription | None) -> None:
+        """Consume ``subscription`` on this connection and every one after (``None``: stop).
+
+        Opens the connection; ``BrokerUnavailable`` if that fails, and the
+        subscription is taken up by the next connection that opens.
+        """
+        with self._lock:
+            self._subscription = subscription
+            owner = self._owner
+        if owner is None or not owner.alive:
+            self.open()  # a new owner takes the subscription up as it connects
+            return
+        deadline = time.monotonic() + self.timeout
+        self._run(
+            owner, "subscribe", lambda channel: owner.subscribe(channel, subscription), deadline
+        )
+
+    def on_connection(self, listener: ConnectionListener | None) -> None:
+        """Tell ``listener`` of every connection opened and lost from now on."""
+        with self._lock:
+            self._listener = listener
+            owner = self._owner
+        if owner is not None:
+            owner.set_listener(listener)
 
     def close(self) -> None:
         """Close the connection (it is opened again by the next call)."""
@@ -503,7 +592,13 @@ class BrokerClient:
                 )
         with self._lock:
             if self._owner is None or not self._owner.alive:
-                self._owner = _Owner(self._url, self._heartbeat, min(self.timeout, 30.0))
+                self._owner = _Owner(
+                    self._url,
+                    self._heartbeat,
+                    min(self.timeout, 30.0),
+                    self._subscription,
+                    self._listener,
+                )
             return self._owner
 
     def _abandon(self, owner: _Owner) -> None:

@@ -37,6 +37,7 @@ def is_direct_reply_address(address: str) -> bool:
 
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_EVENTS_TAG = re.compile(r"[0-9a-f]{1,32}")
 
 DEFAULT_EXCHANGE: Final = "amq.default"
 """The name RabbitMQ's permissions give the default (nameless) exchange."""
@@ -96,6 +97,13 @@ class Topology:
     def node_queue(self, node_id: int) -> str:
         return f"{self.namespace}.node.{node_id}"
 
+    def node_events_queue(self, node_id: int, tag: str) -> str:
+        """An agent's own queue for the server's "version committed" events: exclusive,
+        deleted with its connection; ``tag`` tells apart agents of one node."""
+        if not _EVENTS_TAG.fullmatch(tag):
+            raise ConfigurationError(f"events queue tag {tag!r}: use 1-32 hex digits")
+        return f"{self.node_queue(node_id)}.events.{tag}"
+
     @property
     def request_queue_arguments(self) -> Mapping[str, Any]:
         return {
@@ -111,11 +119,15 @@ class Topology:
     # --- broker permissions ---------------------------------------------------------
 
     def node_permissions(self, node_id: int) -> Permissions:
-        """A node publishes requests and declares and reads its own reply queue; nothing
-        else (it binds nothing: replies reach its queue through the default exchange)."""
-        queue = self.node_queue(node_id)
+        """A node publishes requests, declares and reads its own reply queue, and declares,
+        binds (to the events exchange) and reads its agents' events queues; nothing else.
+        Its reply queue is bound to nothing: replies reach it through the default exchange."""
+        queue = re.escape(self.node_queue(node_id))
+        events = queue + r"\.events\.[0-9a-f]{1,32}"
         return Permissions(
-            configure=_only(queue), write=_only(self.requests_exchange), read=_only(queue)
+            configure=f"^({queue}|{events})$",
+            write=f"^({re.escape(self.requests_exchange)}|{events})$",
+            read=f"^({queue}|{events}|{re.escape(self.events_exchange)})$",
         )
 
     def enrollment_permissions(self) -> Permissions:

@@ -209,6 +209,7 @@ PUBLIC_NAMES = {
     "SyncClient",
     "SyncError",
     "SyncResult",
+    "SyncStatus",
     "SyncTimeout",
     "TrackingError",
     "UniqueConstraintError",

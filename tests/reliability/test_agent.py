@@ -1,0 +1,113 @@
+"""The background agent: live sync without the application calling anything."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dbsync_mq import PushRejected, SyncStatus, UniqueConstraintError
+from tests.conftest import table_rows, write
+from tests.models import TRACKED, City, Tag
+from tests.node_only_models import Gadget
+from tests.reliability.conftest import wait_until
+
+pytestmark = pytest.mark.broker
+
+
+class StatusLog:
+    """Every status an agent reported, with a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.seen: list[SyncStatus] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, status: SyncStatus) -> None:
+        with self._changed:
+            self.seen.append(status)
+            self._changed.notify_all()
+
+    def wait_for(self, test, timeout: float = 15) -> SyncStatus:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: next((s for s in self.seen if test(s)), None), timeout
+            )
+        assert found, f"no such status in {self.seen}"
+        return found
+
+
+def test_a_write_on_one_node_appears_on_another_without_it_calling_anything(make_node, worker):
+    # Given two nodes running their agents
+    a, b = make_node("a"), make_node("b")
+    with a.running(), b.running():
+        # When the application writes on node A, and nothing else
+        write(a.engine, City(name="live"))
+
+        # Then the row reaches node B's database
+        wait_until(
+            lambda: [row[1] for row in table_rows(b.engine)["city"]] == ["live"],
+            15,
+            "the row to reach node B",
+        )
+    assert a.status.state == b.status.state == "stopped"
+
+
+def test_an_agent_started_while_the_broker_is_unreachable_pushes_soon_after_it_returns(
+    make_node, worker, proxy, broker_url, probe, ledger, request
+):
+    # Given a node with a pending write whose broker is unreachable (connections refused)
+    a = make_node("a", broker_url=proxy.url(broker_url))
+    write(a.engine, City(name="waited"))
+    proxy.cut()
+    statuses = StatusLog()
+    with a.running(on_status=statuses):
+        statuses.wait_for(lambda s: s.state == "offline" and s.last_error is not None)
+        ledger.fault(request.node.name)
+
+        # When the broker becomes reachable again
+        proxy.restore()
+        returned = time.monotonic()
+
+        # Then the agent has pushed the write within two seconds
+        wait_until(lambda: probe.column(City, "name") == ["waited"], 10, "the push")
+        assert time.monotonic() - returned < 2.0
+        statuses.wait_for(lambda s: s.state == "online" and s.pending_operations == 0)
+
+
+def test_a_refused_push_and_a_unique_clash_reach_the_callback_and_the_agent_goes_on(
+    make_node, worker, probe
+):
+    # Given a node whose agent meets a row the server refuses
+    a = make_node("a", models=(*TRACKED, Gadget))
+    b = make_node("b")
+    statuses = StatusLog()
+    with a.running(on_status=statuses, retry_max=0.5):
+        write(a.engine, Gadget(name="refused"))
+        refused = statuses.wait_for(lambda s: isinstance(s.last_error, PushRejected))
+        assert refused.state == "error"
+        assert refused.last_error.rows == [("gadget", 1)]
+
+        # When the application holds that row back, the agent pushes the rest
+        a.quarantine(refused.last_error.rows)
+        write(a.engine, City(name="after"))
+        wait_until(lambda: probe.column(City, "name") == ["after"], 15, "the push")
+
+    # And a unique clash with another node's row, made while the agent was stopped,
+    # is reported the same way
+    write(b.engine, Tag(label="red"))
+    b.sync()
+    write(a.engine, Tag(label="red"))
+    statuses = StatusLog()
+    with a.running(on_status=statuses, retry_max=0.5):
+        clash = statuses.wait_for(lambda s: isinstance(s.last_error, UniqueConstraintError))
+        assert clash.state == "error"
+
+        # Then, once the application settles it, the agent is back online
+        with a.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE tag SET label = 'crimson' WHERE label = 'red'")
+        write(a.engine, City(name="settled"))
+        wait_until(lambda: "settled" in probe.column(City, "name"), 15, "the next push")
+        # (the quarantined gadget is the one operation left)
+        statuses.wait_for(lambda s: s.state == "online" and s.pending_operations == 1)
+    assert sorted(probe.column(Tag, "label")) == ["crimson", "red"]
