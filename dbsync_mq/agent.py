@@ -35,6 +35,7 @@ from dbsync_mq.errors import (
     BrokerUnavailable,
     ConfigurationError,
     ProtocolError,
+    PullRequired,
     SyncError,
     SyncTimeout,
 )
@@ -293,6 +294,10 @@ class Agent:
         self._publish(replace(self._status, state="syncing"))
         try:
             result = self._client.sync()
+        except PullRequired:
+            # Other nodes kept pushing first: not a failure, go again soon.
+            self._push_at = time.monotonic() + _jittered(self.settings.retry_min)
+            return
         except (BrokerUnavailable, SyncTimeout) as exc:
             self._failed(exc, offline=isinstance(exc, BrokerUnavailable))
             return

@@ -105,7 +105,7 @@ class SyncClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_policy(conflict_policy)
-        self.engine = prepare(engine)
+        self.engine = prepare(engine, node=True)
         self.models = ModelSet.of(models)
         self.topology = Topology(namespace, node_queue_expiry_ms=int(reply_queue_ttl * 1000))
         self.conflict_policy = conflict_policy

@@ -20,24 +20,42 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq.errors import ConfigurationError, DatabaseUnavailable
 
-_WRITE: Final = "dbsync_mq_write"
+_MODE: Final = "dbsync_mq_transaction"
+"""Execution option naming our transactions: ``"write"`` or ``"read"``."""
+
+NODE_BUSY_TIMEOUT_MS: Final = 30_000
+"""How long a node's SQLite connection waits for another's write lock before failing."""
 
 
 def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def prepare(engine: Engine, *, foreign_keys: bool = False) -> Engine:
+def prepare(engine: Engine, *, foreign_keys: bool = False, node: bool = False) -> Engine:
     """Make ``engine``'s transactions real on SQLite; idempotent, harmless elsewhere.
 
-    With ``foreign_keys`` SQLite enforces foreign keys on every connection, as
-    the server does so that bad pushes are refused.
+    Every transaction starts at ``BEGIN`` rather than at the first write (pysqlite's
+    default), so that reads in a transaction are consistent. ``foreign_keys``
+    makes SQLite enforce foreign keys on every connection, as the server does so
+    that bad pushes are refused.
+
+    ``node`` is for a node's database, which the application and the sync write
+    at once (a background agent, another process): it uses WAL (readers never
+    wait for a writer), waits up to ``NODE_BUSY_TIMEOUT_MS`` for the write lock,
+    and starts the application's transactions with ``BEGIN IMMEDIATE``. A
+    transaction that reads and then writes would otherwise fail with "database
+    is locked" whenever the sync committed between its read and its write:
+    SQLite cannot upgrade such a transaction, and does not wait for it.
     """
-    if not is_sqlite(engine) or event.contains(engine, "begin", _begin):
+    if not is_sqlite(engine) or any(
+        event.contains(engine, "begin", listener) for listener in (_begin, _begin_node)
+    ):
         return engine
-    event.listen(engine, "begin", _begin)
+    event.listen(engine, "begin", _begin_node if node else _begin)
     if foreign_keys:
         event.listen(engine, "connect", _enforce_foreign_keys)
+    if node:
+        event.listen(engine, "connect", _share_with_the_application)
     return engine
 
 
@@ -47,20 +65,39 @@ def _enforce_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _share_with_the_application(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        timeout_ms = cursor.execute("PRAGMA busy_timeout").fetchone()[0]
+        if timeout_ms < NODE_BUSY_TIMEOUT_MS:
+            cursor.execute(f"PRAGMA busy_timeout = {NODE_BUSY_TIMEOUT_MS:d}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
 def _begin(connection: Connection) -> None:
+    _start(connection, application="read")
+
+
+def _begin_node(connection: Connection) -> None:
+    _start(connection, application="write")
+
+
+def _start(connection: Connection, *, application: str) -> None:
     dbapi_connection: Any = connection.connection.dbapi_connection
     if dbapi_connection.isolation_level is not None:
         # Stop pysqlite from opening transactions of its own, so that ours start here.
         dbapi_connection.isolation_level = None
-    immediate = connection.get_execution_options().get(_WRITE, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    mode = connection.get_execution_options().get(_MODE, application)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "write" else "BEGIN")
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that takes the write lock first (SQLite) and commits on success."""
     with database_errors(), engine.connect() as connection:
-        connection = connection.execution_options(**{_WRITE: True})
+        connection = connection.execution_options(**{_MODE: "write"})
         with connection.begin():
             yield connection
 
@@ -68,9 +105,11 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction for consistent reads; rolled back at the end."""
-    with database_errors(), engine.connect() as connection, connection.begin() as transaction:
-        yield connection
-        transaction.rollback()
+    with database_errors(), engine.connect() as connection:
+        connection = connection.execution_options(**{_MODE: "read"})
+        with connection.begin() as transaction:
+            yield connection
+            transaction.rollback()
 
 
 @contextmanager

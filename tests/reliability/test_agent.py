@@ -111,3 +111,142 @@ def test_a_refused_push_and_a_unique_clash_reach_the_callback_and_the_agent_goes
         # (the quarantined gadget is the one operation left)
         statuses.wait_for(lambda s: s.state == "online" and s.pending_operations == 1)
     assert sorted(probe.column(Tag, "label")) == ["crimson", "red"]
+
+
+# --- outages and load ---------------------------------------------------------------------------
+
+
+def _settled(nodes, probe) -> bool:
+    """Every node has pushed everything, merged the head, and equals the server."""
+    head = probe.head()
+    server = probe.rows()
+    return all(
+        node.pending_operations() == 0
+        and node.version == head
+        and table_rows(node.engine) == server
+        for node in nodes
+    )
+
+
+WORKER_AWAY_SECONDS = 60.0
+
+
+@pytest.mark.slow
+def test_agents_outlive_a_worker_stopped_for_a_minute_and_a_cut_connection(
+    make_node, worker_runner, proxy, broker_url, probe, ledger, request
+):
+    # Given two nodes syncing in the background, one of them through a proxy
+    worker_runner.start()
+    a = make_node("a", broker_url=proxy.url(broker_url))
+    b = make_node("b")
+    a.start(retry_max=5)
+    b.start(retry_max=5)
+    try:
+        write(a.engine, City(name="a-before"))
+        write(b.engine, City(name="b-before"))
+        wait_until(lambda: len(probe.column(City, "name")) == 2, 15, "the first pushes")
+
+        # When the worker is away for a minute while both keep writing
+        worker_runner.stop()
+        ledger.fault(request.node.name)
+        away_until = time.monotonic() + WORKER_AWAY_SECONDS
+        round_ = 0
+        while time.monotonic() < away_until:
+            write(a.engine, City(name=f"a-{round_}"))
+            write(b.engine, City(name=f"b-{round_}"))
+            round_ += 1
+            threading.Event().wait(WORKER_AWAY_SECONDS / 6)  # the outage's own pace
+        assert a.status.state in ("error", "syncing")
+
+        # And node A's connection is cut as the worker comes back
+        proxy.cut()
+        ledger.fault(request.node.name)
+        worker_runner.start()
+        proxy.restore()
+
+        # Then both end converged, with every write on the server once and no error left
+        wait_until(lambda: _settled([a, b], probe), 90, "the nodes to converge")
+        names = ["a-before", "b-before"] + [f"{n}-{i}" for n in "ab" for i in range(round_)]
+        assert sorted(probe.column(City, "name")) == sorted(names)
+        wait_until(
+            lambda: all(n.status.state == "online" and n.status.last_error is None for n in (a, b)),
+            15,
+            "both agents to report online",
+        )
+    finally:
+        a.stop()
+        b.stop()
+
+
+SOAK_NODES = 5
+SOAK_SECONDS = 60.0
+
+
+def _churn(node, stop: threading.Event, seed: int, errors: list[BaseException]) -> None:
+    """Write, re-point and delete related rows on ``node`` until ``stop``."""
+    import random
+
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    from tests.models import Person
+
+    chooser = random.Random(seed)
+    count = 0
+    try:
+        while not stop.is_set():
+            with Session(node.engine) as session:
+                cities = session.scalars(sa.select(City)).all()
+                people = session.scalars(sa.select(Person)).all()
+                action = chooser.random()
+                if action < 0.35 or not cities:
+                    session.add(City(name=f"n{seed}-c{count}"))
+                elif action < 0.7:
+                    city = chooser.choice(cities)
+                    session.add(Person(name=f"n{seed}-p{count}", city_id=city.id))
+                elif action < 0.85 and people:
+                    chooser.choice(people).city_id = chooser.choice(cities).id
+                else:
+                    city = chooser.choice(cities)
+                    for person in people:
+                        if person.city_id == city.id:
+                            person.city_id = None
+                    session.flush()
+                    session.delete(city)
+                session.commit()
+            count += 1
+            stop.wait(0.05)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@pytest.mark.slow
+def test_five_agents_writing_and_deleting_related_rows_end_equal_to_the_server(
+    make_node, worker, probe
+):
+    # Given five nodes syncing in the background
+    nodes = [make_node(f"n{i}") for i in range(SOAK_NODES)]
+    for node in nodes:
+        node.start(debounce=0.05, retry_max=2)
+    stop, errors = threading.Event(), []
+    writers = [
+        threading.Thread(target=_churn, args=(node, stop, index, errors))
+        for index, node in enumerate(nodes)
+    ]
+    try:
+        # When each writes, re-points and deletes related rows at once for a minute
+        for writer in writers:
+            writer.start()
+        stop.wait(SOAK_SECONDS)
+        stop.set()
+        for writer in writers:
+            writer.join(30)
+        assert errors == []
+
+        # Then, left alone, every node ends equal to the server
+        wait_until(lambda: _settled(nodes, probe), 120, "the nodes to converge")
+        assert probe.head() > SOAK_NODES
+    finally:
+        stop.set()
+        for node in nodes:
+            node.stop()
