@@ -77,8 +77,8 @@ def has_offset(value: Any) -> bool:
     return isinstance(value, dt.time) and value.tzinfo is not None
 
 
-def _datetimes_in_utc(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    values = dict(row)
+def _datetimes_in_utc(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values``, changed in place: its datetimes in UTC."""
     for name, kind in time_columns(table).items():
         if name in values:
             values[name] = in_utc(kind, values[name])
@@ -87,14 +87,13 @@ def _datetimes_in_utc(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]
 
 def wire_row(table: sa.Table, row: Mapping[Any, Any]) -> dict[str, Any]:
     """A row read from ``table``, ready for the wire: enum members by name, datetimes in UTC."""
-    values = {name: _to_wire(value) for name, value in row.items()}
-    return _datetimes_in_utc(table, values) if time_columns(table) else values
+    return _datetimes_in_utc(table, {name: _to_wire(value) for name, value in row.items()})
 
 
 def stored_row(table: sa.Table, row: Mapping[str, Any]) -> Mapping[str, Any]:
     """A row about to be written to ``table``, its datetimes in UTC (``row`` itself if
     ``table`` has none)."""
-    return _datetimes_in_utc(table, row) if time_columns(table) else row
+    return _datetimes_in_utc(table, dict(row)) if time_columns(table) else row
 
 
 def _is_int(value: Any) -> bool:
