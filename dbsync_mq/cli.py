@@ -50,11 +50,24 @@ _namespace = click.option(
     show_default=True,
     help="Prefix of every exchange and queue [env DBSYNC_NAMESPACE].",
 )
+
+
+def _import_from_working_directory(_context: click.Context, _param: Any, value: str) -> str:
+    """Models modules are found in the current directory, as ``python -m`` finds them
+    (an installed command's path holds its own folder instead)."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    return value
+
+
 _models = click.option(
     "--models",
     envvar="DBSYNC_MODELS",
     required=True,
-    help="Comma-separated modules defining tracked models [env DBSYNC_MODELS].",
+    callback=_import_from_working_directory,
+    help="Comma-separated modules defining tracked models, importable from the current "
+    "directory [env DBSYNC_MODELS].",
 )
 
 
@@ -195,6 +208,7 @@ def disable(database_url: str, node_id: int) -> None:
     """Refuse every further request from NODE_ID."""
     if not commands.set_node_enabled(database_url, node_id, False):
         raise click.ClickException(f"no node {node_id}")
+    click.echo(f"node {node_id} disabled: its requests are refused", err=True)
 
 
 @main.command("enable")
@@ -205,6 +219,7 @@ def enable(database_url: str, node_id: int) -> None:
     """Accept requests from NODE_ID again."""
     if not commands.set_node_enabled(database_url, node_id, True):
         raise click.ClickException(f"no node {node_id}")
+    click.echo(f"node {node_id} enabled: its requests are served again", err=True)
 
 
 @main.command()
@@ -233,6 +248,61 @@ def status(database_url: str, broker_url: str, namespace: str) -> None:
     for name, depth in report.queues.items():
         queues.add_row(name, str(depth))
     console.print(queues)
+
+
+@main.command()
+@_broker
+@click.option(
+    "--namespace",
+    envvar="DBSYNC_NAMESPACE",
+    required=True,
+    help="The namespace to remove [env DBSYNC_NAMESPACE].",
+)
+@click.option(
+    "--db",
+    "database_url",
+    envvar="DBSYNC_DATABASE_URL",
+    default=None,
+    help="Server database: its registered nodes' reply queues go too [env DBSYNC_DATABASE_URL].",
+)
+@click.option(
+    "--management-url",
+    envvar="DBSYNC_MANAGEMENT_URL",
+    default=None,
+    help="RabbitMQ management API, to list node reply queues "
+    "[default: the broker's host, port 15672; env DBSYNC_MANAGEMENT_URL].",
+)
+@click.option("--yes", is_flag=True, help="Delete without asking for confirmation.")
+@_fail_cleanly
+def teardown(
+    broker_url: str,
+    namespace: str,
+    database_url: str | None,
+    management_url: str | None,
+    yes: bool,
+) -> None:
+    """Delete a namespace's queues and exchanges, node queues included."""
+    plan = commands.plan_teardown(
+        broker_url, namespace, database_url=database_url, management_url=management_url
+    )
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    if not (plan.queues or plan.exchanges):
+        click.echo(f"nothing of namespace {namespace!r} on the broker", err=True)
+        return
+    where = "on the broker" if plan.checked else "(those that exist)"
+    click.echo(f"namespace {namespace!r} {where}:", err=True)
+    for name in plan.queues:
+        click.echo(f"  queue    {name}", err=True)
+    for name in plan.exchanges:
+        click.echo(f"  exchange {name}", err=True)
+    if not yes:
+        click.confirm("delete them, with the messages they hold?", abort=True, err=True)
+    commands.teardown(broker_url, plan)
+    for name in plan.queues:
+        click.echo(f"deleted queue {name}")
+    for name in plan.exchanges:
+        click.echo(f"deleted exchange {name}")
 
 
 @main.command()

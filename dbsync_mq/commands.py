@@ -7,6 +7,7 @@ Python API and the command line cannot drift apart.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,13 @@ import sqlalchemy as sa
 
 from dbsync_mq.client import Progress
 from dbsync_mq.config import WorkerConfig
+from dbsync_mq.errors import BrokerUnavailable, ConfigurationError
 from dbsync_mq.results import RepairResult
 from dbsync_mq.server import initialize, issue_enrollment
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.engine import read_transaction, write_transaction
+from dbsync_mq.storage.engine import create_engine, read_transaction, write_transaction
 from dbsync_mq.transport import rabbitmq
+from dbsync_mq.transport.management import ManagementApi
 from dbsync_mq.transport.topology import Topology
 
 DEFAULT_TOKEN_TTL = dt.timedelta(hours=24)
@@ -57,7 +60,7 @@ def enroll(
 ) -> str:
     """Issue a one-time enrollment token and return it (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
-    engine = sa.create_engine(database_url)
+    engine = create_engine(database_url)
     try:
         issue_enrollment(engine, token, ttl, user_id=user_id, replaces_node=replaces_node)
     finally:
@@ -67,7 +70,7 @@ def enroll(
 
 def set_node_enabled(database_url: str, node_id: int, enabled: bool) -> bool:
     """Enable or disable a node; return whether it exists."""
-    engine = sa.create_engine(database_url)
+    engine = create_engine(database_url)
     try:
         with write_transaction(engine) as connection:
             result = connection.execute(
@@ -90,7 +93,7 @@ class Status:
 
 def status(database_url: str, broker_url: str, namespace: str = "dbsync") -> Status:
     """What an operator checks first: version, nodes, queue depths and dead letters."""
-    engine = sa.create_engine(database_url)
+    engine = create_engine(database_url)
     try:
         with read_transaction(engine) as connection:
             version = connection.execute(sa.select(schema.head.c.version)).scalar() or 0
@@ -114,6 +117,94 @@ def status(database_url: str, broker_url: str, namespace: str = "dbsync") -> Sta
     return Status(version, nodes, queues)
 
 
+@dataclass(frozen=True)
+class Teardown:
+    """What ``teardown`` deletes from the broker, and how the node queues were found."""
+
+    namespace: str
+    queues: tuple[str, ...]
+    exchanges: tuple[str, ...]
+    node_ids: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+    checked: bool = False
+    """Whether the management API confirmed that each name exists."""
+
+
+def plan_teardown(
+    broker_url: str,
+    namespace: str,
+    *,
+    database_url: str | None = None,
+    management_url: str | None = None,
+) -> Teardown:
+    """The queues and exchanges of ``namespace`` on the broker, node reply queues included.
+
+    Node queues (``<namespace>.node.<id>``) are listed through RabbitMQ's
+    management API when it answers, and taken from the server database's
+    registered nodes with ``database_url``; both when both are given. When the
+    API answers, only what exists is listed.
+    """
+    topology = Topology(namespace)
+    notes: list[str] = []
+    node_ids = set(_registered_nodes(database_url)) if database_url is not None else set()
+    existing: set[str] | None = None
+    try:
+        existing = _namespace_names(ManagementApi(broker_url, management_url), topology)
+        node_ids.update(_node_ids(topology, existing))
+    except (BrokerUnavailable, ConfigurationError) as exc:
+        notes.append(f"{exc}: the broker's node queues are not listed")
+    if database_url is None and existing is None:
+        notes.append(
+            "node reply queues are left (pass --db, or enable the management API); "
+            "each expires after 30 days unused"
+        )
+    queues = [*topology.request_queues, topology.dead_letter_queue]
+    queues += [topology.node_queue(node) for node in sorted(node_ids)]
+    exchanges = [
+        topology.requests_exchange,
+        topology.events_exchange,
+        topology.dead_letter_exchange,
+    ]
+    if existing is not None:
+        queues = [name for name in queues if name in existing]
+        exchanges = [name for name in exchanges if name in existing]
+    return Teardown(
+        namespace,
+        tuple(queues),
+        tuple(exchanges),
+        tuple(sorted(node_ids)),
+        tuple(notes),
+        checked=existing is not None,
+    )
+
+
+def _namespace_names(api: ManagementApi, topology: Topology) -> set[str]:
+    prefix = re.escape(topology.namespace)
+    queues = api.names("queues", rf"{prefix}\..+")
+    exchanges = api.names("exchanges", rf"{prefix}(\..+)?")
+    return {*queues, *exchanges}
+
+
+def _node_ids(topology: Topology, names: set[str]) -> set[int]:
+    prefix = topology.node_queue(0).removesuffix("0")  # "<namespace>.node."
+    pattern = re.compile(re.escape(prefix) + "([0-9]+)")
+    return {int(found[1]) for name in names if (found := pattern.fullmatch(name))}
+
+
+def _registered_nodes(database_url: str) -> list[int]:
+    engine = create_engine(database_url)
+    try:
+        with read_transaction(engine) as connection:
+            return list(connection.execute(sa.select(schema.nodes.c.id)).scalars())
+    finally:
+        engine.dispose()
+
+
+def teardown(broker_url: str, plan: Teardown) -> None:
+    """Delete what ``plan`` names from the broker (what is already gone is no error)."""
+    rabbitmq.delete_topology(broker_url, Topology(plan.namespace), plan.node_ids)
+
+
 def repair(
     database_url: str,
     models: tuple[str, ...],
@@ -128,7 +219,7 @@ def repair(
     from worker.process import load_models
 
     model_set = load_models(models)
-    engine = sa.create_engine(database_url)
+    engine = create_engine(database_url)
     try:
         client = SyncClient(
             engine,

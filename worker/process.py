@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from dbsync_mq.config import WorkerConfig
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
 from dbsync_mq.server import Outcome, Server
+from dbsync_mq.storage.engine import create_engine
 from dbsync_mq.storage.models import ModelSet
 from dbsync_mq.transport.base import Delivery, Outgoing
 from dbsync_mq.transport.rabbitmq import Consumer
@@ -66,8 +67,8 @@ def create_server_engine(url: str) -> sa.Engine:
     the pool, and the retry gets a fresh connection.
     """
     if url.startswith("sqlite"):
-        return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url)
+        return create_engine(url, connect_args={"timeout": 30})
+    return create_engine(url)
 
 
 class Backoff:

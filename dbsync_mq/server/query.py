@@ -12,7 +12,7 @@ from dbsync_mq.core.changeset import encode_changes
 from dbsync_mq.core.model import INSERT, Change
 from dbsync_mq.errors import RequestRefused
 from dbsync_mq.storage.models import ModelSet, TrackedModel
-from dbsync_mq.storage.values import check_row, to_wire
+from dbsync_mq.storage.values import check_row, stored_row, wire_row
 
 MAX_QUERY_ROWS: Final = 1_000
 """Most rows one query returns; page through more with ``offset``."""
@@ -35,6 +35,7 @@ def run_query(connection: Connection, models: ModelSet, body: Mapping[str, Any])
     if not all(isinstance(name, str) for name in filters):
         raise RequestRefused("malformed", "filter names must be column names")
     check_row(model.table, filters)
+    filters = dict(stored_row(model.table, filters))  # compared as the rows hold them
     limit = MAX_QUERY_ROWS if body["limit"] is None else body["limit"]
     if not 0 <= limit <= MAX_QUERY_ROWS or body["offset"] < 0:
         raise RequestRefused("malformed", f"limit must be 0..{MAX_QUERY_ROWS}, offset >= 0")
@@ -52,6 +53,6 @@ def run_query(connection: Connection, models: ModelSet, body: Mapping[str, Any])
     )
     changes = []
     for row in connection.execute(statement).mappings():
-        values = {name: to_wire(value) for name, value in row.items()}
+        values = wire_row(table, row)
         changes.append(Change(model.name, model.key_of(values), INSERT, 0, values))
     return encode_changes(changes)

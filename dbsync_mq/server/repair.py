@@ -18,7 +18,7 @@ from dbsync_mq.core.model import INSERT, Change
 from dbsync_mq.server import state
 from dbsync_mq.storage.engine import database_errors
 from dbsync_mq.storage.models import ModelSet, TrackedModel
-from dbsync_mq.storage.values import to_wire
+from dbsync_mq.storage.values import wire_row
 
 
 def snapshot_bodies(engine: Engine, models: ModelSet, chunk_rows: int) -> Iterator[dict[str, Any]]:
@@ -51,6 +51,6 @@ def _table_chunks(
     for partition in result.mappings().partitions():
         changes = []
         for row in partition:
-            values = {name: to_wire(value) for name, value in row.items()}
+            values = wire_row(table, row)
             changes.append(Change(model.name, model.key_of(values), INSERT, 0, values))
         yield {"table": model.name, "rows": encode_changes(changes), "total": total}

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
 from dbsync_mq.storage.models import ModelSet, TrackedModel
-from dbsync_mq.storage.values import to_wire
+from dbsync_mq.storage.values import stored_row, wire_row
 
 KEY_BATCH: Final = 500
 """Keys per ``IN (...)`` clause: well under every database's parameter limit."""
@@ -43,7 +43,7 @@ def read_rows(connection: Connection, model: TrackedModel, keys: Iterable[Key]) 
     for chunk in batches(list(keys)):
         statement = sa.select(model.table).where(_key_condition(model, chunk))
         for row in connection.execute(statement).mappings():
-            values = {name: to_wire(value) for name, value in row.items()}
+            values = wire_row(model.table, row)
             found[model.key_of(values)] = values
     return found
 
@@ -153,7 +153,7 @@ def _lift_out(
                 for chunk in batches(parents):
                     rows = connection.execute(sa.select(child.table).where(column.in_(chunk)))
                     for row in rows.mappings():
-                        values = {name: to_wire(value) for name, value in row.items()}
+                        values = wire_row(child.table, row)
                         level.setdefault((child.name, child.key_of(values)), values)
         level = {key: row for key, row in level.items() if key not in seen}
         seen.update(level)
@@ -187,6 +187,7 @@ def group_keys(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
 
 def insert_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:
     """Insert ``rows``, grouped by the set of columns they carry (parents first in a tree)."""
+    rows = [stored_row(model.table, row) for row in rows]
     if model.self_references and len(rows) > 1:
         for row in _parents_first(model, rows):
             connection.execute(model.table.insert(), [row])
@@ -240,6 +241,7 @@ def _parents_first(model: TrackedModel, rows: Sequence[Row]) -> list[Row]:
 def update_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:
     """Update the rows identified by their keys to the values they carry."""
     table = model.table
+    rows = [stored_row(table, row) for row in rows]
     where = sa.and_(*(table.c[name] == sa.bindparam(f"k_{name}") for name in model.key_columns))
     for columns, group in _by_columns(rows).items():
         assigned = [name for name in columns if name not in model.key_columns]

@@ -26,6 +26,31 @@ _MODE: Final = "dbsync_mq_transaction"
 NODE_BUSY_TIMEOUT_MS: Final = 30_000
 """How long a node's SQLite connection waits for another's write lock before failing."""
 
+DRIVER_EXTRAS: Final = {"postgresql": "postgresql"}
+"""Databases whose driver an extra of this package installs (``dbsync-mq[postgresql]``)."""
+
+
+def create_engine(url: str, **options: Any) -> Engine:
+    """``sqlalchemy.create_engine``, with a missing driver or a bad URL turned into a
+    ``ConfigurationError`` that says what to install or fix."""
+    try:
+        return sa.create_engine(url, **options)
+    except ImportError as exc:
+        raise ConfigurationError(_missing_driver(url, exc)) from exc
+    except sa.exc.ArgumentError as exc:  # NoSuchModuleError too: an unknown dialect
+        raise ConfigurationError(f"bad database URL: {exc}") from exc
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    parsed = sa.make_url(url)
+    extra = DRIVER_EXTRAS.get(parsed.get_backend_name())
+    remedy = (
+        f"pip install 'dbsync-mq[{extra}]'"
+        if extra
+        else f"install the Python driver {parsed.drivername!r} needs"
+    )
+    return f"the database driver for {parsed.drivername} is not installed ({exc}): {remedy}"
+
 
 def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"

@@ -7,7 +7,8 @@ connection; ORM-enabled ``insert``/``update``/``delete`` statements are seen
 through ``do_orm_execute`` and logged from ``RETURNING`` (or, for bulk updates
 by primary key, from their parameters). A rollback discards the log entries
 with the rows. Writes that bypass the ORM (raw SQL, database-side cascades)
-are not seen: ``repair`` recovers from them.
+are not seen: ``repair`` recovers from them. Datetimes written to tracked models
+are put in UTC on the way, whether the write is logged or not (``timestamps``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Mapper, ORMExecuteState, Session, object_session
 
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Command, Key, Write
 from dbsync_mq.errors import TrackingError
-from dbsync_mq.storage import schema
+from dbsync_mq.storage import schema, timestamps
 from dbsync_mq.storage.local import OperationLog
 from dbsync_mq.storage.models import Direction, ModelSet, TrackedModel, register
 
@@ -139,15 +140,20 @@ def untracked(session: Session) -> Iterator[Session]:
         session.info[_PAUSED] = previous
 
 
-def _tracked(mapper: Mapper[Any], connection: Connection) -> tuple[TrackedModel, Capture] | None:
+def _captured(mapper: Mapper[Any], connection: Connection) -> tuple[TrackedModel, Capture] | None:
+    """The model ``mapper`` writes and the capture of ``connection``, if it has that model."""
     capture = capture_of(connection)
     if capture is None:
         return None
     table = mapper.local_table
     model = capture.models.by_table.get(table.name) if isinstance(table, sa.Table) else None
-    if model is None or not capture.wants(model):
-        return None
-    return model, capture
+    return None if model is None else (model, capture)
+
+
+def _tracked(mapper: Mapper[Any], connection: Connection) -> tuple[TrackedModel, Capture] | None:
+    """As ``_captured``, if the capture records writes to that model."""
+    found = _captured(mapper, connection)
+    return found if found is not None and found[1].wants(found[0]) else None
 
 
 # --- unit of work -------------------------------------------------------------
@@ -215,12 +221,19 @@ def _after_update(mapper: Mapper[Any], connection: Connection, target: Any) -> N
 
 
 def _before_flush(session: Session, _flush_context: Any, _instances: Any) -> None:
-    if session.info.get(_PAUSED):
-        return
-    mappers = {sa.inspect(obj).mapper for obj in (*session.new, *session.dirty, *session.deleted)}
-    for mapper in mappers:
-        if tracked := _tracked(mapper, connection := _connection(session, mapper)):
-            tracked[1].before_writes(connection)
+    written: defaultdict[Mapper[Any], list[Any]] = defaultdict(list)
+    for target in (*session.new, *session.dirty):
+        written[sa.inspect(target).mapper].append(target)
+    deleted = {sa.inspect(target).mapper for target in session.deleted}
+    for mapper in written.keys() | deleted:
+        found = _captured(mapper, connection := _connection(session, mapper))
+        if found is None:
+            continue
+        model, capture = found
+        # Untracked writes too: the rows are read, and pushed, by later changes.
+        timestamps.objects_in_utc(model, written.get(mapper, ()))
+        if capture.wants(model) and not session.info.get(_PAUSED):
+            capture.before_writes(connection)
 
 
 def _connection(session: Session, mapper: Mapper[Any]) -> Connection:
@@ -270,15 +283,19 @@ def _statement_target(state: ORMExecuteState) -> tuple[TrackedModel, Capture, Co
     if not (state.is_insert or state.is_update or state.is_delete):
         return None
     mapper = state.bind_mapper
-    if mapper is None or state.session.info.get(_PAUSED):
+    if mapper is None:
         return None
-    connection = state.session.connection(bind_arguments={"mapper": mapper})
-    tracked = _tracked(mapper, connection)
-    if tracked is None:
+    found = _captured(mapper, connection := _connection(state.session, mapper))
+    if found is None:
         return None
-    tracked[1].before_writes(connection)
+    model, capture = found
+    if not state.is_delete:
+        timestamps.statement_in_utc(state, model)
+    if state.session.info.get(_PAUSED) or not capture.wants(model):
+        return None
+    capture.before_writes(connection)
     _touch(state.session, connection)
-    return tracked[0], tracked[1], connection
+    return model, capture, connection
 
 
 def _on_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
@@ -322,7 +339,8 @@ def _execute_returning_keys(
     statement: Any = state.statement
     own_columns = len(statement._returning)
     keys = [model.table.c[name] for name in model.key_columns]
-    if command == INSERT:
+    if command == INSERT and not statement._multi_values:
+        # Rows come back in the caller's order (multi-row VALUES cannot promise it).
         statement = statement.returning(*keys, sort_by_parameter_order=True)
     else:
         statement = statement.returning(*keys)

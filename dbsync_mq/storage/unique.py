@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from dbsync_mq.core.model import Key, Row, RowKey
 from dbsync_mq.storage.apply import batches
 from dbsync_mq.storage.models import ModelSet, TrackedModel
-from dbsync_mq.storage.values import to_wire
+from dbsync_mq.storage.values import wire_row
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ def rows_holding(
         )
         for row in connection.execute(sa.select(*keys, *targets).where(condition)):
             key = row[0] if len(keys) == 1 else tuple(row[: len(keys)])
-            yield key, tuple(to_wire(value) for value in row[len(keys) :])
+            held = wire_row(table, dict(zip(columns, row[len(keys) :], strict=True)))
+            yield key, tuple(held[name] for name in columns)
 
 
 def find_moves(

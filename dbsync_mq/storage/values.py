@@ -4,6 +4,14 @@ Reading: values as SQLAlchemy returns them, with enum members reduced to their
 names so they travel. Writing: each value checked against its column's Python
 type before it reaches a database (SQLite would store a string in an integer
 column without a word), so a bad push is refused with the column it names.
+
+Every datetime is stored and carried as UTC, so that no value changes meaning
+on its way (SQLite keeps no UTC offset; PostgreSQL reads a naive value, or
+writes an aware one to ``timestamp``, in its session's time zone): a
+``DateTime(timezone=True)`` value is an aware UTC datetime (a naive one, all
+SQLite returns, is UTC), a ``DateTime`` value is a naive UTC datetime (an
+aware one is converted). A time of day with a UTC offset has no UTC equivalent
+without a date: it is refused.
 """
 
 from __future__ import annotations
@@ -14,18 +22,78 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
 
 from dbsync_mq.errors import RequestRefused
 
 Check = Callable[[Any], bool]
+TimeKind = Literal["naive", "aware", "time"]
+"""A ``DateTime`` column, a ``DateTime(timezone=True)`` column, a ``Time`` column."""
+
+UTC: Final = dt.timezone.utc
 
 
-def to_wire(value: Any) -> Any:
+def _to_wire(value: Any) -> Any:
     """A column value in a form the codec carries."""
     return value.name if isinstance(value, enum.Enum) else value
+
+
+def _time_kind(column: sa.Column[Any]) -> TimeKind | None:
+    column_type: Any = column.type
+    if isinstance(column_type, sa.types.TypeDecorator):
+        column_type = column_type.impl_instance
+    if isinstance(column_type, sa.DateTime):
+        return "aware" if column_type.timezone else "naive"
+    if isinstance(column_type, sa.Time):
+        return "time"
+    return None
+
+
+@cache
+def time_columns(table: sa.Table) -> Mapping[str, TimeKind]:
+    """The datetime and time columns of ``table``, by name."""
+    kinds = {column.name: _time_kind(column) for column in table.c}
+    return {name: kind for name, kind in kinds.items() if kind is not None}
+
+
+def in_utc(kind: TimeKind, value: Any) -> Any:
+    """``value`` as a column of ``kind`` stores and carries it: a datetime in UTC,
+    aware for ``timezone=True`` columns and naive otherwise (a naive value is UTC
+    already). Anything else, and a value already in that form, is returned as is."""
+    if kind == "time" or not isinstance(value, dt.datetime):
+        return value
+    if value.utcoffset() is None:
+        naive = value if value.tzinfo is None else value.replace(tzinfo=None)
+        return naive.replace(tzinfo=UTC) if kind == "aware" else naive
+    if kind == "aware":
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def has_offset(value: Any) -> bool:
+    """Whether ``value`` is a time of day with a time zone, which UTC cannot express."""
+    return isinstance(value, dt.time) and value.tzinfo is not None
+
+
+def _datetimes_in_utc(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values``, changed in place: its datetimes in UTC."""
+    for name, kind in time_columns(table).items():
+        if name in values:
+            values[name] = in_utc(kind, values[name])
+    return values
+
+
+def wire_row(table: sa.Table, row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row read from ``table``, ready for the wire: enum members by name, datetimes in UTC."""
+    return _datetimes_in_utc(table, {name: _to_wire(value) for name, value in row.items()})
+
+
+def stored_row(table: sa.Table, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A row about to be written to ``table``, its datetimes in UTC (``row`` itself if
+    ``table`` has none)."""
+    return _datetimes_in_utc(table, dict(row)) if time_columns(table) else row
 
 
 def _is_int(value: Any) -> bool:
@@ -105,6 +173,11 @@ def check_row(table: sa.Table, row: Mapping[str, Any]) -> None:
             raise RequestRefused(
                 "type-mismatch",
                 f"{table.name}.{name} does not accept a {type(value).__name__}",
+            )
+        if has_offset(value):
+            raise RequestRefused(
+                "invalid-value",
+                f"{table.name}.{name}: a time of day with a UTC offset cannot be stored as UTC",
             )
         if column.length is not None and isinstance(value, str) and len(value) > column.length:
             # SQLite would store it without a word; PostgreSQL refuses it: refuse on both.

@@ -2,7 +2,9 @@
 
 Runs in a virtual host of its own, created (with its users) through RabbitMQ's
 management HTTP API on 127.0.0.1:15672. Where the management plugin is not
-enabled the test is skipped, locally and in CI alike: it is an optional plugin.
+enabled the test is skipped locally and fails with ``CI=true``, like a missing
+service (``.ci/run`` enables the plugin): these are the only tests of per-node
+broker isolation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sqlalchemy as sa
 from dbsync_mq import SyncClient, commands
 from dbsync_mq.config import WorkerConfig
 from dbsync_mq.transport.topology import Topology
+from tests import services
 from tests.conftest import MODELS, ThreadedWorker, write
 from tests.models import TRACKED, City
 from tests.probe import ServerProbe, table_rows
@@ -59,7 +62,7 @@ def vhost(broker_url: str) -> Iterator[tuple[Any, str, Callable[[str, str], str]
     try:
         api.call("GET", "/overview")
     except (urllib.error.URLError, OSError) as exc:
-        pytest.skip(f"RabbitMQ management API not reachable on 127.0.0.1:15672 ({exc})")
+        services.unavailable("RabbitMQ management API on 127.0.0.1:15672", str(exc))
     name = f"dbsync-test-{uuid.uuid4().hex[:12]}"
     quoted = urllib.parse.quote(name, safe="")
     created: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import pytest
@@ -14,7 +15,7 @@ from tests.models import City, Note
 from tests.probe import table_rows
 from tests.security import cases
 
-pytestmark = pytest.mark.broker
+UTC_MINUS_5 = dt.timezone(dt.timedelta(hours=-5))
 
 METACHARACTERS = [
     "Robert'); DROP TABLE city;--",
@@ -30,6 +31,7 @@ METACHARACTERS = [
 ]
 
 
+@pytest.mark.broker
 def test_values_with_sql_metacharacters_are_stored_and_delivered_verbatim(
     make_node, worker, probe, ledger, request
 ):
@@ -60,6 +62,7 @@ def test_values_with_sql_metacharacters_are_stored_and_delivered_verbatim(
     assert table_rows(b.engine) == table_rows(a.engine) == probe.rows()
 
 
+@pytest.mark.broker
 def test_a_nul_character_in_text_is_stored_or_refused_whole_never_half_applied(
     live, server_url, ledger, request
 ):
@@ -84,3 +87,35 @@ def test_a_nul_character_in_text_is_stored_or_refused_whole_never_half_applied(
     else:
         assert answer.code == "invalid-value"
         assert live.probe.snapshot() == before
+
+
+def test_pushed_datetimes_are_stored_in_utc_whatever_offset_they_carry(direct):
+    # Given a push whose datetimes carry an offset of UTC-5 (a client that sends them as is)
+    t = direct.target
+    key = uuid.uuid4()
+    written = dt.datetime(2026, 11, 1, 9, 30, tzinfo=UTC_MINUS_5)
+    change = Change("note", key, INSERT, 1, {"id": key, "created": written, "stamped": written})
+
+    # When the server applies it
+    outcome = direct.handle(t.a.push([change], t.head))
+
+    # Then the naive column and the timezone column hold that instant in UTC
+    assert outcome.version == t.head + 1, outcome.reason
+    in_utc = dt.datetime(2026, 11, 1, 14, 30)
+    assert direct.probe.column(Note, "created") == direct.probe.column(Note, "stamped") == [in_utc]
+
+
+def test_a_pushed_time_of_day_with_an_offset_is_refused(direct):
+    # Given a push holding a time of day with an offset, which UTC cannot express
+    t = direct.target
+    before = direct.probe.snapshot()
+    key = uuid.uuid4()
+    change = Change("note", key, INSERT, 1, {"id": key, "at": dt.time(9, 30, tzinfo=UTC_MINUS_5)})
+
+    # When the server handles it
+    outcome = direct.handle(t.a.push([change], t.head))
+
+    # Then it is refused whole, naming the column
+    assert outcome.code == "invalid-value"
+    assert "note.at" in outcome.reason
+    assert direct.probe.snapshot() == before

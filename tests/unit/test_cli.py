@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import sys
+import uuid
 from pathlib import Path
 
 import click
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from dbsync_mq.cli import main
+from dbsync_mq.storage import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = sorted(main.commands)
@@ -91,3 +96,88 @@ def test_two_enrollments_issue_different_tokens(tmp_path: Path) -> None:
     }
 
     assert len(tokens) == 2
+
+
+# --- what a new user meets -----------------------------------------------------------
+
+MISSING_DRIVER_URL = "postgresql+psycopg://app@127.0.0.1:1/app"
+
+
+def commands_with(option: str) -> list[str]:
+    return [name for name in COMMANDS if any(p.name == option for p in main.commands[name].params)]
+
+
+@pytest.mark.parametrize("name", commands_with("database_url"))
+def test_a_missing_postgresql_driver_is_one_line_naming_the_extra(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a machine without psycopg
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    arguments = {"disable": ["1"], "enable": ["1"], "teardown": ["--namespace", "app"]}
+    for name in commands_with("models"):
+        arguments[name] = ["--models", "tests.models"]
+
+    # When a command is given a PostgreSQL URL
+    result = CliRunner().invoke(
+        main, [name, "--db", MISSING_DRIVER_URL, *arguments.get(name, [])], env=NO_SERVICES_ENV
+    )
+
+    # Then it fails with one line that says what to install, never a traceback
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "pip install 'dbsync-mq[postgresql]'" in lines[0]
+
+
+def test_the_readme_shows_the_postgresql_extra_for_the_server() -> None:
+    assert "pip install 'dbsync-mq[postgresql]'" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", commands_with("models"))
+def test_models_modules_are_found_in_the_current_directory(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a module that exists only in the current directory (defining no tracked model)
+    module = f"local_models_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text('"""No tracked model here."""\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    database = f"sqlite:///{tmp_path / 'server.db'}"
+
+    # When a command is told to import it
+    result = CliRunner().invoke(
+        main,
+        [name, "--db", database, "--models", module, "--broker", "amqp://guest:guest@127.0.0.1:1/"],
+        env=NO_SERVICES_ENV,
+    )
+    sys.modules.pop(module, None)
+
+    # Then it was imported (and found to hold no tracked model)
+    assert result.exit_code != 0
+    assert "cannot import models module" not in result.stderr
+    assert f"no tracked models in {module}" in result.stderr
+
+
+def test_disable_and_enable_say_what_they_did(tmp_path: Path) -> None:
+    # Given a server with one registered node
+    database = f"sqlite:///{tmp_path / 'server.db'}"
+    runner = CliRunner()
+    runner.invoke(main, ["init", "--db", database, "--models", "tests.models"], env=NO_SERVICES_ENV)
+    engine = sa.create_engine(database)
+    with engine.begin() as connection:
+        connection.execute(
+            schema.nodes.insert().values(
+                id=7, public_key=b"k" * 32, registered_at=dt.datetime(2026, 1, 1)
+            )
+        )
+    engine.dispose()
+
+    # When it is disabled, then enabled again
+    disabled = runner.invoke(main, ["disable", "--db", database, "7"], env=NO_SERVICES_ENV)
+    enabled = runner.invoke(main, ["enable", "--db", database, "7"], env=NO_SERVICES_ENV)
+
+    # Then each says what it did
+    assert disabled.exit_code == enabled.exit_code == 0
+    assert "node 7 disabled" in disabled.output
+    assert "node 7 enabled" in enabled.output
