@@ -2,7 +2,8 @@
 
     python -m tests.reliability.node_process DB_PATH BROKER_URL NAMESPACE push|sync
 
-Prints the result as one JSON line; the node must already be registered.
+Prints the result as one JSON line, with the pushes the node saw accepted
+(``[request id, version]``); the node must already be registered.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 
 from dbsync_mq import SyncClient
 from tests.models import TRACKED
+from tests.reliability.accepted import AcceptedPushes
 
 TIMEOUT_SECONDS = 30.0
 
@@ -24,13 +26,17 @@ def main(argv: list[str]) -> int:
     client = SyncClient(
         engine, broker_url=broker_url, namespace=namespace, models=TRACKED, timeout=TIMEOUT_SECONDS
     )
+    accepted = AcceptedPushes()
+    accepted.watch(client)
     try:
         if action == "push":
             pushed = client.push()
-            print(json.dumps({"version": pushed.version, "pushed": pushed.operations}))
+            result = {"version": pushed.version, "pushed": pushed.operations}
         else:
             synced = client.sync()
-            print(json.dumps({"version": synced.version, "pushed": synced.pushed}))
+            result = {"version": synced.version, "pushed": synced.pushed}
+        result["accepted"] = [[push.request_id, push.version] for push in accepted.pushes]
+        print(json.dumps(result))
     finally:
         client.close()
         engine.dispose()
