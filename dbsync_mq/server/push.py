@@ -1,11 +1,13 @@
 """Applying a push: one transaction under the version-head lock.
 
 The order inside the transaction is the contract: lock the head; answer a
-request id seen before from its stored reply; refuse a node that is behind
-(``pull-required``, nothing written); apply every change with batched
-statements; write the version with the push's packed changes as they arrived;
-store the reply under the request id; commit. A crash anywhere leaves nothing
-or everything, and the redelivered request gets the stored reply.
+request id seen before from its stored reply (looked up as of the moment the lock
+was granted, so that a copy of the request that another worker applied while this
+one waited for the lock is answered, not refused or applied twice); refuse a
+node that is behind (``pull-required``, nothing written); apply every change
+with batched statements; write the version with the push's packed changes as
+they arrived; store the reply under the request id; commit. A crash anywhere
+leaves nothing or everything, and the redelivered request gets the stored reply.
 
 A node that is behind is not sent back when its push cannot conflict with what
 it has not seen: no deletes, and no row in common with the versions since its

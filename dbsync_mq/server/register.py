@@ -36,13 +36,18 @@ def register_node(
     ``make_reply(node_id, token_hash)`` builds the sealed reply, which is stored so
     that a redelivered request gets the same answer. Returns that reply.
     """
+    token_hash = signing.token_digest(request.body["token"])
+    # Lock the token's row first, then look the request up in a statement of its own:
+    # a copy of this registration that held the lock before us has committed by then,
+    # and the lookup sees its reply (looked up before the lock, it would not, and the
+    # token it used would make this copy's answer ``invalid-token``).
+    enrollment = _lock_enrollment(connection, token_hash)
     stored = state.find_request(connection, request.request_id)
     if stored is not None:
         if stored.digest != digest:
             raise RequestRefused("request-id-reused", "request id was used for another body")
         return stored.reply
-    token_hash = signing.token_digest(request.body["token"])
-    enrollment = _usable_enrollment(connection, token_hash)
+    _check_usable(enrollment)
     with Session(bind=connection) as session:
         hooks.run("before_register", RegisterContext(session, request, enrollment.user_id))
         session.flush()
@@ -73,14 +78,17 @@ def register_node(
     return reply
 
 
-def _usable_enrollment(connection: Connection, token_hash: bytes) -> Any:
+def _lock_enrollment(connection: Connection, token_hash: bytes) -> Any:
+    """The token's enrollment row, locked until the transaction ends; ``None`` if unknown."""
     e = schema.enrollments.c
-    row = connection.execute(
+    return connection.execute(
         sa.select(e.user_id, e.replaces_node, e.expires_at, e.used_at)
         .where(e.token_hash == token_hash)
         .with_for_update()
     ).first()
-    if row is None or row.used_at is not None or row.expires_at <= utcnow():
+
+
+def _check_usable(enrollment: Any) -> None:
+    if enrollment is None or enrollment.used_at is not None or enrollment.expires_at <= utcnow():
         # One answer for unknown, used and expired tokens: no oracle for guessing.
         raise RequestRefused("invalid-token", "the enrollment token is unknown, used or expired")
-    return row

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
+from typing import Any, Final
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -61,17 +62,40 @@ def lock_head(connection: Connection) -> int:
     return int(version)
 
 
-def lock_head_and_find(connection: Connection, request_id: str) -> tuple[int, StoredReply | None]:
-    """``lock_head`` and ``find_request`` in one round trip."""
-    h, r = schema.head, schema.requests
-    row = connection.execute(
-        sa.select(h.c.version, r.c.digest, r.c.reply)
-        .select_from(h.outerjoin(r, r.c.request_id == request_id))
+def _lock_head_and_find_statement() -> sa.Select[Any]:
+    h, seen, r = schema.head, schema.head.alias("seen"), schema.requests
+    found = r.c.request_id == sa.bindparam("request_id")
+    return (
+        sa.select(h.c.version, seen.c.version.label("seen"), r.c.digest, r.c.reply)
+        .select_from(h.join(seen, seen.c.id == h.c.id).outerjoin(r, found))
         .where(h.c.id == 1)
         .with_for_update(of=h)
-    ).first()
+    )
+
+
+_LOCK_HEAD_AND_FIND: Final = _lock_head_and_find_statement()
+"""Built once: building a statement costs more than running this one."""
+
+
+def lock_head_and_find(connection: Connection, request_id: str) -> tuple[int, StoredReply | None]:
+    """The version head, locked, and the reply stored under ``request_id`` as of the moment
+    the lock was granted: one round trip, two when the wait for the lock let a push commit.
+
+    Under READ COMMITTED, a ``SELECT … FOR UPDATE`` that finds its row changed by a
+    transaction that committed after the statement began re-reads that row, and only
+    that row: the stored requests it joined stay as they were when it began. So the
+    statement also reads the head a second time without locking it; that copy is not
+    re-read. When the two differ, a push committed in between, perhaps this very
+    request from another worker, and the lookup runs again as a statement of its own,
+    which sees every commit made before the lock was granted. When they agree, no push
+    committed in between (every push moves the head), and the joined lookup stands.
+    SQLite holds the write lock from ``BEGIN IMMEDIATE``: the two always agree there.
+    """
+    row = connection.execute(_LOCK_HEAD_AND_FIND, {"request_id": request_id}).first()
     if row is None:
         raise ConfigurationError("the server database is not initialized: run `dbsync-mq init`")
+    if row.version != row.seen:
+        return int(row.version), find_request(connection, request_id)
     stored = None if row.digest is None else StoredReply(row.digest, row.reply)
     return int(row.version), stored
 

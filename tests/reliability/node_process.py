@@ -3,8 +3,9 @@
     python -m tests.reliability.node_process DB_PATH BROKER_URL NAMESPACE ACTION
 
 ACTION is ``push``, ``sync``, or ``sync-loop:PREFIX:COUNT`` (COUNT times: write a
-city named PREFIX-i, then sync). Prints the result as one JSON line; the node must
-already be registered.
+city named PREFIX-i, then sync). Prints the result as one JSON line, with the
+pushes the node saw accepted (``[request id, version]``); the node must already be
+registered.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from dbsync_mq import SyncClient
 from tests.models import TRACKED, City
+from tests.reliability.accepted import AcceptedPushes
 
 TIMEOUT_SECONDS = 30.0
 
@@ -27,10 +29,12 @@ def main(argv: list[str]) -> int:
     client = SyncClient(
         engine, broker_url=broker_url, namespace=namespace, models=TRACKED, timeout=TIMEOUT_SECONDS
     )
+    accepted = AcceptedPushes()
+    accepted.watch(client)
     try:
         if action == "push":
             pushed = client.push()
-            print(json.dumps({"version": pushed.version, "pushed": pushed.operations}))
+            result = {"version": pushed.version, "pushed": pushed.operations}
         elif action.startswith("sync-loop:"):
             _, prefix, count = action.split(":")
             total = 0
@@ -39,10 +43,12 @@ def main(argv: list[str]) -> int:
                     session.add(City(name=f"{prefix}-{index}"))
                     session.commit()
                 total += client.sync().pushed
-            print(json.dumps({"version": client.version, "pushed": total}))
+            result = {"version": client.version, "pushed": total}
         else:
             synced = client.sync()
-            print(json.dumps({"version": synced.version, "pushed": synced.pushed}))
+            result = {"version": synced.version, "pushed": synced.pushed}
+        result["accepted"] = [[push.request_id, push.version] for push in accepted.pushes]
+        print(json.dumps(result))
     finally:
         client.close()
         engine.dispose()

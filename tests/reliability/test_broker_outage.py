@@ -17,6 +17,7 @@ from tests.reliability.conftest import (
     assert_converged,
     assert_exactly_once,
     converge,
+    inflight_ids,
     wait_until,
 )
 
@@ -29,15 +30,14 @@ CONFIRM = b"\x00\x3c\x00\x50"
 
 
 def _inflight(node) -> int:
-    with node.engine.connect() as connection:
-        return len(connection.execute(schema.inflight.select()).all())
+    return len(inflight_ids(node))
 
 
 # --- a client's connection ----------------------------------------------------------------
 
 
 def test_a_push_cut_before_the_broker_got_it_stays_in_flight_and_a_later_sync_applies_it_once(
-    make_node, worker, proxy, broker_url, probe, ledger, request
+    make_node, worker, proxy, broker_url, probe, accepted, ledger, request
 ):
     # Given a node that reaches the broker through a proxy
     a = make_node("a", broker_url=proxy.url(broker_url))
@@ -61,15 +61,18 @@ def test_a_push_cut_before_the_broker_got_it_stays_in_flight_and_a_later_sync_ap
     proxy.restore()
     converge([a])
     assert_converged(probe, [a])
-    assert_exactly_once(probe, ledger, request.node.name, ["cut-before", "while-offline"], 2)
+    names = ["cut-before", "while-offline"]
+    assert_exactly_once(probe, ledger, request.node.name, names, accepted)
 
 
 def test_a_push_whose_confirm_is_cut_is_applied_once_when_the_node_resends_it(
-    make_node, worker, proxy, broker_url, probe, ledger, request
+    make_node, worker, proxy, broker_url, probe, accepted, ledger, request
 ):
     # Given a node behind a proxy that loses the broker's confirm of its push
     a = make_node("a", broker_url=proxy.url(broker_url))
     b = make_node("b")
+    handled = AtStage("never")
+    worker.add_stage_hook(handled)
     write(a.engine, City(name="confirmed-unheard"))
     proxy.cut_on_downstream(CONFIRM)
 
@@ -77,18 +80,20 @@ def test_a_push_whose_confirm_is_cut_is_applied_once_when_the_node_resends_it(
     with pytest.raises(BrokerUnavailable):
         a.push()
     ledger.fault(request.node.name)
+    assert proxy.triggered.is_set()
     wait_until(lambda: probe.count(schema.versions) == 1, 10, "the worker to apply the push")
-    assert _inflight(a) == 1
+    [request_id] = inflight_ids(a)
 
     # Then the resent push (same request id) is answered from the stored reply
     proxy.restore()
     converge([a, b])
+    assert handled.seen.count(("before-transaction", request_id)) == 2, "no resend"
     assert_converged(probe, [a, b])
-    assert_exactly_once(probe, ledger, request.node.name, ["confirmed-unheard"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["confirmed-unheard"], accepted)
 
 
 def test_a_connection_cut_while_the_node_waits_for_its_reply_loses_nothing(
-    make_node, worker, proxy, broker_url, probe, ledger, request
+    make_node, worker, proxy, broker_url, probe, accepted, ledger, request
 ):
     # Given a worker that holds the push until the node's connection is cut
     gate = AtStage("before-transaction", hold=True)
@@ -119,7 +124,7 @@ def test_a_connection_cut_while_the_node_waits_for_its_reply_loses_nothing(
     proxy.restore()
     converge([a])
     assert_converged(probe, [a])
-    assert_exactly_once(probe, ledger, request.node.name, ["waited"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["waited"], accepted)
 
 
 # --- the worker's connection --------------------------------------------------------------
@@ -154,7 +159,7 @@ def _restore_when_refused(proxy, during_outage=None) -> threading.Thread:
 
 
 def test_the_worker_reconnects_by_itself_after_its_idle_connection_is_cut(
-    make_node, proxied_worker, proxy, probe, ledger, request
+    make_node, proxied_worker, proxy, probe, accepted, ledger, request
 ):
     # Given a worker consuming through a proxy
     worker = proxied_worker.start()
@@ -173,16 +178,17 @@ def test_the_worker_reconnects_by_itself_after_its_idle_connection_is_cut(
     assert proxy.connections > connections
     write(a.engine, City(name="after-reconnect"))
     assert a.sync().pushed == 1
-    assert_exactly_once(probe, ledger, request.node.name, ["after-reconnect"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["after-reconnect"], accepted)
 
 
 @pytest.mark.parametrize("stage", ["before-transaction", "after-commit", "after-reply"])
 def test_a_push_in_hand_when_the_worker_connection_is_cut_is_answered_after_it_reconnects(
-    stage, make_node, proxied_worker, proxy, probe, ledger, request
+    stage, make_node, proxied_worker, proxy, probe, accepted, ledger, request
 ):
     # Given a worker whose broker connection is cut while it handles a push
     worker = proxied_worker.start()
-    worker.add_stage_hook(AtStage(stage, proxy.cut))
+    hook = AtStage(stage, proxy.cut)
+    worker.add_stage_hook(hook)
     a, b = make_node("a", timeout=20), make_node("b", timeout=20)
     write(a.engine, City(name="in-hand"))
     write(b.engine, City(name="during-outage"))
@@ -200,10 +206,14 @@ def test_a_push_in_hand_when_the_worker_connection_is_cut_is_answered_after_it_r
     restorer.join(15)
     b_pushes.join(20)
 
-    # Then the worker reconnected by itself, both pushes were answered and applied once
-    assert result.version in (1, 2)
+    # Then the worker reconnected by itself and was handed the unsettled push again
+    [in_hand] = hook.fired
     assert worker.connected.wait(15)
+    wait_until(lambda: hook.seen.count(("before-transaction", in_hand)) >= 2, 15, "the redelivery")
+    # and both pushes were answered and applied once
+    assert result.version in (1, 2)
     assert _inflight(b) == 0
     converge([a, b])
     assert_converged(probe, [a, b])
-    assert_exactly_once(probe, ledger, request.node.name, ["in-hand", "during-outage"], 2)
+    names = ["in-hand", "during-outage"]
+    assert_exactly_once(probe, ledger, request.node.name, names, accepted)

@@ -9,18 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from dbsync_mq.storage import schema
 from dbsync_mq.transport.rabbitmq import queue_depths
 from dbsync_mq.transport.topology import Topology
 from tests.conftest import write
 from tests.models import City
+from tests.reliability.accepted import AcceptedPush
 from tests.reliability.conftest import (
     AtStage,
     assert_converged,
     assert_exactly_once,
     converge,
+    inflight_ids,
     wait_until,
 )
 
@@ -49,11 +50,6 @@ def _node_process(node, broker_url: str, action: str) -> subprocess.Popen[str]:
     )
 
 
-def _inflight_ids(node) -> list[str]:
-    with node.engine.connect() as connection:
-        return list(connection.execute(sa.select(schema.inflight.c.request_id)).scalars())
-
-
 def _kill(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=10)  # reaps it and closes its pipes
@@ -62,7 +58,15 @@ def _kill(process: subprocess.Popen[str]) -> None:
 
 @pytest.mark.parametrize("worker_state", ["stopped", "paused"])
 def test_a_node_killed_before_reading_its_reply_resends_the_same_request_and_applies_once(
-    worker_state, make_node, worker_runner, broker_url, namespace, probe, ledger, request
+    worker_state,
+    make_node,
+    worker_runner,
+    broker_url,
+    namespace,
+    probe,
+    accepted,
+    ledger,
+    request,
 ):
     # Given a registered node with a write to push, and a worker that is stopped or paused
     worker_runner.start()
@@ -85,12 +89,12 @@ def test_a_node_killed_before_reading_its_reply_resends_the_same_request_and_app
         )
     else:
         assert gate.reached.wait(15)
-    [request_id] = _inflight_ids(a)
+    [request_id] = inflight_ids(a)
     _kill(pushing)
     ledger.fault(request.node.name)
 
     # Then the request id in flight survived the crash
-    assert _inflight_ids(a) == [request_id]
+    assert inflight_ids(a) == [request_id]
 
     # And a new process, once the worker runs, resends it and settles it from the stored reply
     if worker_state == "stopped":
@@ -105,8 +109,11 @@ def test_a_node_killed_before_reading_its_reply_resends_the_same_request_and_app
     syncing = _node_process(a, broker_url, "sync")
     out, err = syncing.communicate(timeout=60)
     assert syncing.returncode == 0, err
-    assert json.loads(out)["version"] == 1
-    assert _inflight_ids(a) == []
+    synced = json.loads(out)
+    assert synced["version"] == 1
+    assert synced["accepted"] == [[request_id, 1]]
+    accepted.add(AcceptedPush(a.node_id, request_id, 1))
+    assert inflight_ids(a) == []
     assert [v[2] for v in probe.versions()] == [request_id]
     assert ("before-transaction", request_id) in seen.seen[handled_before:], "no resend"
 
@@ -115,4 +122,4 @@ def test_a_node_killed_before_reading_its_reply_resends_the_same_request_and_app
     a = make_node("a", register=False)
     converge([a, b])
     assert_converged(probe, [a, b])
-    assert_exactly_once(probe, ledger, request.node.name, ["killed-client"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["killed-client"], accepted)

@@ -12,9 +12,11 @@ from dbsync_mq.transport.topology import Topology
 from tests.conftest import write
 from tests.models import City
 from tests.reliability.conftest import (
+    AtStage,
     assert_converged,
     assert_exactly_once,
     converge,
+    inflight_ids,
     wait_until,
 )
 
@@ -70,6 +72,7 @@ def test_a_reply_lost_with_the_node_queue_is_recovered_by_the_next_sync(
     server_url,
     node_ids,
     probe,
+    accepted,
     ledger,
     request,
 ):
@@ -88,10 +91,13 @@ def test_a_reply_lost_with_the_node_queue_is_recovered_by_the_next_sync(
     with pytest.raises(SyncTimeout):
         a.push()
     a.close()
+    [request_id] = inflight_ids(a)
 
     # When the worker applies it and the reply is lost with the node's queue
-    worker_runner.start()
+    handled = AtStage("never")
+    worker_runner.start().add_stage_hook(handled)
     wait_until(lambda: probe.head() == 1, 15, "the push to be applied")
+    handled_before = len(handled.seen)
     if loss == "deleted":
         _delete_queue(broker_url, queue)
     # (a passive declare renews a queue's lease: probe less often than it expires)
@@ -107,25 +113,29 @@ def test_a_reply_lost_with_the_node_queue_is_recovered_by_the_next_sync(
     a.timeout = 10
     assert a.sync().version == 1
     assert _queue_exists(broker_url, queue)
+    assert ("before-transaction", request_id) in handled.seen[handled_before:], "no resend"
     converge([a, b])
     assert_converged(probe, [a, b])
-    assert_exactly_once(probe, ledger, request.node.name, ["reply-lost"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["reply-lost"], accepted)
 
 
 def test_a_node_whose_queue_was_deleted_while_offline_syncs_as_before(
-    make_node, worker, broker_url, namespace, probe, ledger, request
+    make_node, worker, broker_url, namespace, probe, accepted, ledger, request
 ):
     # Given two nodes, one of which lost its reply queue while it was offline
     a, b = make_node("a"), make_node("b")
+    queue = Topology(namespace).node_queue(a.node_id)
     write(b.engine, City(name="from-b"))
     b.sync()
     a.close()
-    _delete_queue(broker_url, Topology(namespace).node_queue(a.node_id))
+    _delete_queue(broker_url, queue)
     ledger.fault(request.node.name)
+    assert not _queue_exists(broker_url, queue)
 
     # When it writes and syncs, then it pulls and pushes as if nothing happened
     write(a.engine, City(name="from-a"))
     a.sync()
+    assert _queue_exists(broker_url, queue)
     converge([a, b])
     assert_converged(probe, [a, b])
-    assert_exactly_once(probe, ledger, request.node.name, ["from-a", "from-b"], pushes=2)
+    assert_exactly_once(probe, ledger, request.node.name, ["from-a", "from-b"], accepted)
