@@ -100,7 +100,7 @@ def test_a_client_idle_for_three_heartbeats_syncs_on_the_first_try(make_node, wo
 
 
 def test_a_sync_over_a_silently_dropped_network_fails_within_its_timeout(
-    make_node, worker, proxy, broker_url, probe, ledger, request
+    make_node, worker, proxy, broker_url, probe, ledger, request, accepted
 ):
     # Given a node connected through a proxy
     a = make_node("a", broker_url=proxy.url(broker_url), timeout=SHORT_TIMEOUT)
@@ -126,7 +126,7 @@ def test_a_sync_over_a_silently_dropped_network_fails_within_its_timeout(
     a.timeout = 10
     converge([a])
     assert_converged(probe, [a])
-    assert_exactly_once(probe, ledger, request.node.name, ["silent-drop"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["silent-drop"], accepted)
 
 
 def test_a_call_to_a_broker_that_never_answers_fails_within_its_timeout(
@@ -153,7 +153,7 @@ def test_a_call_to_a_broker_that_never_answers_fails_within_its_timeout(
 
 
 def test_a_push_whose_confirm_never_comes_fails_within_its_timeout_and_is_applied_once(
-    make_node, worker, proxy, broker_url, probe, ledger, request
+    make_node, worker, proxy, broker_url, probe, ledger, request, accepted
 ):
     # Given a node whose push reaches the broker, after which the network goes silent
     a = make_node("a", broker_url=proxy.url(broker_url), timeout=SHORT_TIMEOUT)
@@ -176,7 +176,7 @@ def test_a_push_whose_confirm_never_comes_fails_within_its_timeout_and_is_applie
     a.timeout = 10
     converge([a])
     assert_converged(probe, [a])
-    assert_exactly_once(probe, ledger, request.node.name, ["unconfirmed"], pushes=1)
+    assert_exactly_once(probe, ledger, request.node.name, ["unconfirmed"], accepted)
 
 
 # --- clear errors ----------------------------------------------------------------------------
