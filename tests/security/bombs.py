@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 import struct
+import uuid
 import zlib
 from typing import Final
 
 from dbsync_mq.core import codec
+from dbsync_mq.core.model import INSERT
 
 INFLATED_BYTES: Final = 8_000_000
 """What each deflated bomb inflates to: about 8 KB deflated."""
@@ -77,6 +79,15 @@ def rows() -> bytes:
     count = 750_000
     row = codec.encode(["d", 1, 0, None, None])
     return deflated(section(array_header(count)) + row * count)
+
+
+def notes() -> bytes:
+    """Deflated changes: 400 inserts of notes, each valid, each with a JSON value of
+    10,000 empty arrays (4 million objects)."""
+    rows = [
+        [INSERT, uuid.UUID(int=i), 0, None, [uuid.UUID(int=i), [[]] * 10_000]] for i in range(400)
+    ]
+    return deflated(codec.encode([["note", ["id", "data"], rows]]))
 
 
 def densest() -> bytes:

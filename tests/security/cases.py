@@ -669,6 +669,7 @@ BOMBS = [
     _bomb("inflated arrays nested 1,000 deep, each claiming 8 million items", bombs.nested_claims),
     _bomb("arrays nested 1,000 deep, each claiming the body's length", bombs.plain_nested_claims),
     _bomb("750,000 rows each valid in shape, deflated", bombs.rows),
+    _bomb("400 valid notes, each with a JSON value of 10,000 empty arrays", bombs.notes),
     _bomb("a string header claiming 4 GB", bombs.long_string),
     _bomb("changes inflating 29 times, to a table name of 265,000 empty arrays", bombs.densest),
     Case(

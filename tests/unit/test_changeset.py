@@ -274,6 +274,7 @@ MAX_ALLOCATED = 4 * 1024 * 1024
         bombs.nested_claims,
         bombs.plain_nested_claims,
         bombs.rows,
+        bombs.notes,
         bombs.long_string,
     ],
     ids=lambda build: build.__name__,
