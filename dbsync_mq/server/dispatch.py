@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from dbsync_mq.config import ServerSettings
 from dbsync_mq.core import messages, signing
-from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.changeset import iter_changes
 from dbsync_mq.core.messages import Reply, Request
 from dbsync_mq.core.model import RowKey
 from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
@@ -176,7 +176,7 @@ class Server:
 
     def _push(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         digest = signing.body_digest(signed)
-        changes = decode_push(self.models, request)
+        changes = decode_push(self.models, request, self.settings.max_message_bytes)
         self._stage("before-transaction", request)
         with write_transaction(self.engine) as connection:
             job = PushJob(
@@ -209,7 +209,7 @@ class Server:
 
     def _pull(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
         self._check_window(request)
-        deleted = _deleted_keys(request.body["deleted"])
+        deleted = _deleted_keys(request.body["deleted"], self.settings.max_message_bytes)
         with read_transaction(self.engine) as connection:
             data = read_pull(
                 connection, self.models, request.node_id, request.body["since"], deleted
@@ -371,12 +371,11 @@ def _header_node(message: Message) -> int:
     return value
 
 
-def _deleted_keys(data: bytes) -> set[RowKey]:
+def _deleted_keys(data: bytes, max_bytes: int) -> set[RowKey]:
     try:
-        changes = decode_changes(data)
+        return {hashable_key(change) for change in iter_changes(data, max_bytes)}
     except ProtocolError as exc:
         raise RequestRefused("malformed", f"deleted keys: {exc}") from None
-    return {hashable_key(change) for change in changes}
 
 
 def _dead_letter(reason: str, kind: str) -> Outcome:

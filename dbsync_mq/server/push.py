@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.changeset import iter_changes
 from dbsync_mq.core.messages import Request
 from dbsync_mq.core.model import DELETE, Change, RowKey
 from dbsync_mq.errors import ProtocolError, RequestRefused
@@ -57,18 +57,21 @@ class Accepted:
     reply: bytes
 
 
-def decode_push(models: ModelSet, request: Request) -> list[Change]:
-    """The push's changes, checked against the tracked models; ``RequestRefused`` if bad."""
+def decode_push(models: ModelSet, request: Request, max_bytes: int) -> list[Change]:
+    """The push's changes, checked against the tracked models as they are decoded;
+    ``RequestRefused`` at the first bad one. ``max_bytes``: the message size limit."""
+    changes: list[Change] = []
+    seen: set[tuple[str, object]] = set()
     try:
-        changes = decode_changes(request.body["changes"])
+        for change in iter_changes(request.body["changes"], max_bytes):
+            check_change(models, change)
+            if hashable_key(change) in seen:
+                reason = f"{change.table} row {change.key!r} appears twice"
+                raise RequestRefused("malformed", reason)
+            seen.add(change.row_key)
+            changes.append(change)
     except ProtocolError as exc:
         raise RequestRefused("malformed", str(exc)) from None
-    seen: set[tuple[str, object]] = set()
-    for change in changes:
-        check_change(models, change)
-        if hashable_key(change) in seen:
-            raise RequestRefused("malformed", f"{change.table} row {change.key!r} appears twice")
-        seen.add(change.row_key)
     return changes
 
 
@@ -191,7 +194,7 @@ def _check_rebase(job: PushJob, base: int, head: int) -> None:
         sa.select(v.changes).where(v.id > base, v.id <= head).order_by(v.id)
     )
     for (packed,) in rows:
-        if any(change.row_key in pushed for change in decode_changes(packed)):
+        if any(change.row_key in pushed for change in iter_changes(packed, trusted=True)):
             raise RequestRefused(PULL_REQUIRED, behind)
 
 
