@@ -11,14 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from dbsync_mq.core import messages
 from dbsync_mq.errors import ConfigurationError
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Topology
 
 DEFAULT_BROKER_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
 """The local RabbitMQ with its default account."""
 
-MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
-"""Largest request the worker reads; larger ones are dead-lettered."""
+MAX_MESSAGE_BYTES: Final = messages.MAX_MESSAGE_BYTES
+"""Largest message read (16 MiB, RabbitMQ's default ``max_message_size``): a larger
+request is dead-lettered, a larger reply ignored. What decoding may cost follows from
+it: deflated changes inflate to at most four times this (``core/changeset.py``)."""
 
 REQUEST_WINDOW_SECONDS: Final = 7 * 24 * 3600
 """How far a request's timestamp may be from the server's clock."""
@@ -48,6 +51,7 @@ class ServerSettings:
     """Limits the server handlers enforce."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Largest request read; the changes in one may inflate to four times this."""
     request_window_seconds: float = REQUEST_WINDOW_SECONDS
     pull_chunk_changes: int = PULL_CHUNK_CHANGES
     repair_chunk_rows: int = REPAIR_CHUNK_ROWS

@@ -8,15 +8,23 @@
 in column order (or is nil for deletes); the optional ``extensions`` maps
 extension names to their data. Composite keys travel as arrays. The
 decoder checks every field's shape and raises ``ProtocolError`` naming it.
+
+What decoding costs is bounded by the bytes received, not by what they claim:
+deflated changes inflate to at most ``MAX_INFLATION`` times their size, and to
+at most ``INFLATED_PER_MESSAGE`` times the message limit, inflation stopping
+there; no msgpack header may claim more than the inflated bytes hold
+(``codec.Reader``); rows are decoded and checked one at a time, so the first bad
+row stops the decoding.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, TypeGuard
 
 from dbsync_mq.core import codec
+from dbsync_mq.core.messages import MAX_MESSAGE_BYTES
 from dbsync_mq.core.model import COMMANDS, Change, Command, Key
 from dbsync_mq.errors import CodecError, ProtocolError
 
@@ -25,11 +33,20 @@ _NAME_LIMIT = 128
 DEFLATE_FROM: Final = 16 * 1024
 """Packed changes at least this large travel deflated."""
 
-MAX_INFLATED_BYTES: Final = 64 * 1024 * 1024
-"""The most packed changes may take, deflated or not: the size of the largest message
-the worker reads. A small deflated message cannot become a bomb."""
+MAX_INFLATION: Final = 32
+"""Deflated changes may inflate to at most this many times their size. Decoding builds
+at most one object per inflated byte, of about 72 bytes at worst (an empty array), so a
+byte received costs at most about 2.3 KB. The encoder never sends denser data."""
+
+INFLATED_PER_MESSAGE: Final = 4
+"""Packed changes may take at most this many times the message limit, inflated: level-1
+deflate packs typical rows three to five times, so a full message holds about that."""
+
+MAX_INFLATED_BYTES: Final = INFLATED_PER_MESSAGE * MAX_MESSAGE_BYTES
+"""The most packed changes may take, deflated or not, under the default message limit."""
 
 _DEFLATED: Final = b"\x00"
+_SECTION: Final = "changes: a table section is [table, columns, rows]"
 
 
 def encode_changes(changes: Iterable[Change]) -> bytes:
@@ -53,7 +70,19 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
         )
     if len(packed) < DEFLATE_FROM:
         return packed
-    return _DEFLATED + zlib.compress(packed, 1)
+    return _deflate(packed)
+
+
+def _deflate(packed: bytes) -> bytes:
+    """Deflated at level 1; coded with Huffman codes only (at most 8 to 1) when that would
+    inflate more than ``MAX_INFLATION`` times, which the decoder refuses."""
+    deflated = _DEFLATED + zlib.compress(packed, 1)
+    if len(packed) <= MAX_INFLATION * len(deflated):
+        return deflated
+    huffman = zlib.compressobj(
+        1, zlib.DEFLATED, zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, zlib.Z_HUFFMAN_ONLY
+    )
+    return _DEFLATED + huffman.compress(packed) + huffman.flush()
 
 
 def _row(change: Change, columns: dict[str, int]) -> list[Any]:
@@ -76,49 +105,83 @@ def _row(change: Change, columns: dict[str, int]) -> list[Any]:
     return row
 
 
-def decode_changes(data: bytes) -> list[Change]:
-    """Parse bytes from ``encode_changes``; raise ``ProtocolError`` on any bad shape."""
+def decode_changes(
+    data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, *, trusted: bool = False
+) -> list[Change]:
+    """Parse bytes from ``encode_changes``; raise ``ProtocolError`` on any bad shape.
+
+    ``max_bytes`` is the size limit of the message they came in. ``trusted`` changes
+    were checked when they arrived (a stored version): their inflation is not bounded.
+    """
+    return list(iter_changes(data, max_bytes, trusted=trusted))
+
+
+def iter_changes(
+    data: bytes, max_bytes: int = MAX_MESSAGE_BYTES, *, trusted: bool = False
+) -> Iterator[Change]:
+    """The changes ``decode_changes`` returns, one at a time, each checked as it is
+    decoded: a caller that stops at the first bad one never decodes the rest."""
     try:
-        sections = codec.decode(_inflate(data))
+        reader = codec.Reader(_inflate(data, None if trusted else max_bytes))
+        for _ in range(_array(reader, "changes: expected an array of table sections")):
+            yield from _decode_section(reader)
     except CodecError as exc:
         raise ProtocolError(f"changes: {exc}") from None
-    if not isinstance(sections, list):
-        raise ProtocolError("changes: expected an array of table sections")
-    changes: list[Change] = []
-    for section in sections:
-        changes.extend(_decode_section(section))
-    return changes
 
 
-def _inflate(data: bytes) -> bytes:
-    """The packed changes, inflated if they were deflated; never more than the limit."""
-    if not data.startswith(_DEFLATED):
+def _inflate(data: bytes, max_bytes: int | None) -> bytes:
+    """The packed changes, inflated if they were deflated, stopping at the limits that
+    ``max_bytes`` (the message limit) sets; ``None``: no limit."""
+    deflated = data.startswith(_DEFLATED)
+    if max_bytes is None:
+        return _inflated(data[1:]) if deflated else data
+    size_limit = INFLATED_PER_MESSAGE * max_bytes
+    if not deflated:
+        if len(data) > size_limit:
+            raise ProtocolError(f"changes: {len(data)} bytes, beyond the {size_limit}-byte limit")
         return data
+    ratio_limit = MAX_INFLATION * len(data)
+    if ratio_limit < size_limit:
+        refusal = f"changes: deflated data inflates to more than {MAX_INFLATION} times its size"
+        return _inflated(data[1:], ratio_limit, refusal)
+    refusal = f"changes: deflated data inflates beyond the {size_limit}-byte limit"
+    return _inflated(data[1:], size_limit, refusal)
+
+
+def _inflated(deflated: bytes, limit: int = 0, refusal: str = "") -> bytes:
+    """``deflated`` inflated, stopping one byte past ``limit`` (0: none) to refuse it."""
     inflater = zlib.decompressobj()
     try:
-        packed = inflater.decompress(data[1:], MAX_INFLATED_BYTES)
+        packed = inflater.decompress(deflated, limit + 1 if limit else 0)
     except zlib.error as exc:
         raise ProtocolError(f"changes: not deflate data: {exc}") from None
-    if inflater.unconsumed_tail or not inflater.eof:
-        raise ProtocolError(
-            f"changes: deflated data beyond {MAX_INFLATED_BYTES} bytes, or truncated"
-        )
+    if limit and len(packed) > limit:
+        raise ProtocolError(refusal)
+    if not inflater.eof or inflater.unused_data:
+        raise ProtocolError("changes: deflated data truncated, or followed by other data")
     return packed
 
 
-def _decode_section(section: Any) -> Iterable[Change]:
-    if not isinstance(section, list) or len(section) != 3:
-        raise ProtocolError("changes: a table section is [table, columns, rows]")
-    table, columns, rows = section
+def _array(reader: codec.Reader, refusal: str) -> int:
+    length = reader.array_header()
+    if length is None:
+        raise ProtocolError(refusal)
+    return length
+
+
+def _decode_section(reader: codec.Reader) -> Iterator[Change]:
+    if _array(reader, _SECTION) != 3:
+        raise ProtocolError(_SECTION)
+    table = reader.read()
     if not _is_name(table):
         raise ProtocolError("changes: table name must be a short string")
+    columns = reader.read()
     if not isinstance(columns, list) or not all(_is_name(name) for name in columns):
         raise ProtocolError(f"changes: columns of {table!r} must be short strings")
     if len(set(columns)) != len(columns):
         raise ProtocolError(f"changes: duplicate column names in {table!r}")
-    if not isinstance(rows, list):
-        raise ProtocolError(f"changes: rows of {table!r} must be an array")
-    return (_decode_row(table, columns, row) for row in rows)
+    for _ in range(_array(reader, f"changes: rows of {table!r} must be an array")):
+        yield _decode_row(table, columns, reader.read())
 
 
 def _decode_row(table: str, columns: Sequence[str], row: Any) -> Change:

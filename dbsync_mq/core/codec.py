@@ -20,11 +20,19 @@ back with a fixed-offset ``timezone``: the instant and the offset are exact, the
 zone's name is not carried. Anything else is refused with ``CodecError``.
 msgpack's own timestamp extension (-1), which this codec never writes, decodes
 as an aware UTC datetime, so no msgpack-specific type reaches the caller.
+
+Decoding never builds more than the bytes hold: msgpack allocates an array as
+soon as it reads the header claiming its length, so the bytes are first walked
+without building anything (``Unpacker.skip``) to prove that every header's
+claim is there. Arrays nested a thousand deep, each claiming millions of items,
+are then refused for the price of the walk; what is built is at most one object
+per byte.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import struct
 import uuid
 from collections.abc import Callable
@@ -157,17 +165,89 @@ def encode(value: Any) -> bytes:
         raise CodecError(f"cannot encode value: {exc}") from None
 
 
+_READ_SIZE = 64 * 1024
+
+
+def _undecodable(exc: Exception) -> CodecError:
+    """msgpack raises many unrelated types on garbage input: all become ``CodecError``."""
+    if isinstance(exc, CodecError):
+        return exc
+    return CodecError(f"cannot decode message: {type(exc).__name__}: {exc}")
+
+
+def _unpacker_options(size: int) -> dict[str, Any]:
+    """No header may claim more than ``size`` bytes of input could hold."""
+    return {
+        "raw": False,
+        "ext_hook": _ext_hook,
+        "strict_map_key": False,
+        # msgpack decodes ext -1 itself, bypassing ext_hook; timestamp=3 makes it a datetime.
+        "timestamp": 3,
+        "max_str_len": size,
+        "max_bin_len": size,
+        "max_array_len": size,
+        "max_map_len": size,
+        "max_ext_len": size,
+    }
+
+
+def _check_whole(data: bytes) -> None:
+    """Refuse ``data`` unless it is exactly one value holding all its headers claim.
+
+    ``skip`` walks the value without building it (no allocation per header), so a
+    claim beyond the data is found before anything is built for it.
+    """
+    walker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    try:
+        walker.feed(data)
+        walker.skip()
+    except Exception as exc:
+        raise _undecodable(exc) from None
+    if walker.tell() != len(data):
+        raise CodecError(f"cannot decode message: {len(data) - walker.tell()} bytes of extra data")
+
+
 def decode(data: bytes) -> Any:
     """Deserialize bytes produced by ``encode``; raise ``CodecError`` on bad input."""
+    _check_whole(data)
     try:
-        # msgpack decodes ext -1 itself, bypassing ext_hook; timestamp=3 makes it a datetime.
-        return msgpack.unpackb(
-            data, raw=False, ext_hook=_ext_hook, strict_map_key=False, timestamp=3
+        return msgpack.unpackb(data, **_unpacker_options(len(data)))
+    except Exception as exc:
+        raise _undecodable(exc) from None
+
+
+class Reader:
+    """One msgpack value read piece by piece: headers of arrays, then their items.
+
+    Checked whole first, like ``decode``; then only the piece being read is buffered
+    and built, so a caller can check each item as it comes and stop at the first bad one.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        _check_whole(data)
+        self._unpacker = msgpack.Unpacker(
+            io.BytesIO(data),
+            read_size=min(_READ_SIZE, max(len(data), 1)),
+            max_buffer_size=max(len(data), 1),
+            **_unpacker_options(len(data)),
         )
-    except CodecError:
-        raise
-    except Exception as exc:  # msgpack raises many unrelated types on garbage input
-        raise CodecError(f"cannot decode message: {type(exc).__name__}: {exc}") from None
+
+    def array_header(self) -> int | None:
+        """The length of the array that comes next, or ``None`` if it is not an array."""
+        try:
+            length: int = self._unpacker.read_array_header()
+        except ValueError:  # msgpack's "unexpected type": nothing was consumed
+            return None
+        except Exception as exc:
+            raise _undecodable(exc) from None
+        return length
+
+    def read(self) -> Any:
+        """The next value, whole."""
+        try:
+            return self._unpacker.unpack()
+        except Exception as exc:
+            raise _undecodable(exc) from None
 
 
 def encode_key(key: Any) -> bytes:

@@ -40,6 +40,10 @@ EVENT: Final = "event"
 OK: Final = "ok"
 ERROR: Final = "error"
 
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+"""Largest message read: RabbitMQ's default ``max_message_size``, above which the broker
+refuses a message anyway. What decoding a message may cost follows from it."""
+
 MAX_EXTRA_DATA_BYTES: Final = 64 * 1024
 """Largest encoded ``extra_data`` a request may carry."""
 

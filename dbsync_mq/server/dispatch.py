@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from dbsync_mq.config import ServerSettings
 from dbsync_mq.core import messages, signing
-from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.changeset import iter_changes
 from dbsync_mq.core.messages import Reply, Request
 from dbsync_mq.core.model import RowKey
 from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
@@ -30,7 +30,13 @@ from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.pull import pull_bodies, read_pull
-from dbsync_mq.server.push import PushJob, apply_push, decode_push, hashable_key
+from dbsync_mq.server.push import (
+    MAX_REFUSED_ROWS,
+    PushJob,
+    apply_push,
+    decode_push,
+    hashable_key,
+)
 from dbsync_mq.server.query import run_query
 from dbsync_mq.server.register import register_node
 from dbsync_mq.server.repair import snapshot_bodies
@@ -47,8 +53,6 @@ StageHook = Callable[[str, str, str], None]
 ``after-commit``), the request kind and its id: for tracing and fault injection."""
 
 REPLY_KIND: Final = messages.REPLY
-MAX_REFUSED_ROWS: Final = 1000
-"""Rows at fault an error reply names at most."""
 MAX_NODE_ID: Final = 2**31 - 1
 """Largest node id: ``sync_nodes.id`` is a 32-bit integer column."""
 
@@ -178,7 +182,7 @@ class Server:
 
     def _push(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         digest = signing.body_digest(signed)
-        changes = decode_push(self.models, request)
+        changes = decode_push(self.models, request, self.settings.max_message_bytes)
         self._stage("before-transaction", request)
         with write_transaction(self.engine) as connection:
             job = PushJob(
@@ -211,7 +215,7 @@ class Server:
 
     def _pull(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
         self._check_window(request)
-        deleted = _deleted_keys(request.body["deleted"])
+        deleted = _deleted_keys(request.body["deleted"], self.settings.max_message_bytes)
         with read_transaction(self.engine) as connection:
             data = read_pull(
                 connection, self.models, request.node_id, request.body["since"], deleted
@@ -378,12 +382,11 @@ def _header_node(message: Message) -> int:
     return value
 
 
-def _deleted_keys(data: bytes) -> set[RowKey]:
+def _deleted_keys(data: bytes, max_bytes: int) -> set[RowKey]:
     try:
-        changes = decode_changes(data)
+        return {hashable_key(change) for change in iter_changes(data, max_bytes)}
     except ProtocolError as exc:
         raise RequestRefused("malformed", f"deleted keys: {exc}") from None
-    return {hashable_key(change) for change in changes}
 
 
 def _dead_letter(reason: str, kind: str) -> Outcome:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dbsync_mq.core.changeset import decode_changes, encode_changes
+from dbsync_mq.core.changeset import encode_changes, iter_changes
 from dbsync_mq.core.compression import compress_remote
 from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
@@ -72,7 +72,7 @@ def read_pull(
         for row in rows:
             if row.node_id == node_id:
                 own.append([row.id, row.request_id])
-            for change in decode_changes(row.changes):
+            for change in iter_changes(row.changes, trusted=True):
                 if change.table in pulled:
                     last_writer[change.row_key] = row.node_id
                     yield change

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.changeset import iter_changes
 from dbsync_mq.core.messages import Request
 from dbsync_mq.core.model import DELETE, Change, RowKey
 from dbsync_mq.errors import ProtocolError, RequestRefused
@@ -43,6 +43,10 @@ from dbsync_mq.storage.values import check_row
 
 PULL_REQUIRED = "pull-required"
 
+MAX_REFUSED_ROWS: Final = 1000
+"""Bad rows a refusal names at most (the node holds them back and learns of the rest
+by pushing again)."""
+
 MAX_REBASE_VERSIONS: Final = 100
 """A push that is behind by at most this many versions, and touches none of their rows
 and deletes nothing, is applied on top of them instead of being sent back to pull."""
@@ -57,28 +61,33 @@ class Accepted:
     reply: bytes
 
 
-def decode_push(models: ModelSet, request: Request) -> list[Change]:
-    """The push's changes, checked against the tracked models.
+def decode_push(models: ModelSet, request: Request, max_bytes: int) -> list[Change]:
+    """The push's changes, checked against the tracked models as they are decoded.
 
-    ``RequestRefused`` if any is bad, naming every row at fault (the node can hold
-    those back and push the others).
+    ``RequestRefused`` if any is bad, naming the rows at fault (the node can hold
+    them back and push the others): a malformed body at its first bad byte, bad rows
+    once the body is read or ``MAX_REFUSED_ROWS`` of them were found. ``max_bytes``:
+    the message size limit.
     """
-    try:
-        changes = decode_changes(request.body["changes"])
-    except ProtocolError as exc:
-        raise RequestRefused("malformed", str(exc)) from None
+    changes: list[Change] = []
     refusals: list[RequestRefused] = []
     seen: set[tuple[str, object]] = set()
-    for change in changes:
-        try:
-            check_change(models, change)
-            if hashable_key(change) in seen:
-                reason = f"{change.table} row {change.key!r} appears twice"
-                raise RequestRefused("malformed", reason, [(change.table, change.key)])
-        except RequestRefused as exc:
-            refusals.append(exc)
-            continue
-        seen.add(change.row_key)
+    try:
+        for change in iter_changes(request.body["changes"], max_bytes):
+            try:
+                check_change(models, change)
+                if hashable_key(change) in seen:
+                    reason = f"{change.table} row {change.key!r} appears twice"
+                    raise RequestRefused("malformed", reason, [(change.table, change.key)])
+            except RequestRefused as exc:
+                refusals.append(exc)
+                if len(refusals) == MAX_REFUSED_ROWS:
+                    break
+                continue
+            seen.add(change.row_key)
+            changes.append(change)
+    except ProtocolError as exc:
+        raise RequestRefused("malformed", str(exc)) from None
     if refusals:
         raise _refusal(refusals)
     return changes
@@ -219,7 +228,7 @@ def _check_rebase(job: PushJob, base: int, head: int) -> None:
         sa.select(v.changes).where(v.id > base, v.id <= head).order_by(v.id)
     )
     for (packed,) in rows:
-        if any(change.row_key in pushed for change in decode_changes(packed)):
+        if any(change.row_key in pushed for change in iter_changes(packed, trusted=True)):
             raise RequestRefused(PULL_REQUIRED, behind)
 
 

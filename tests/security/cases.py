@@ -24,6 +24,7 @@ from dbsync_mq.core import codec, messages, signing
 from dbsync_mq.core.changeset import encode_changes
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change
 from dbsync_mq.transport.base import Message
+from tests.security import bombs
 from tests.security.forge import DIRECT_REPLY_TO, MISSING, Forge, envelope_message, now_ms
 
 DEAD: Final = "dead-letter"
@@ -647,6 +648,43 @@ PUSH_CONTENT = [
     Case("push:a base beyond 64 bits", lambda t: t.a.push([_city()], 2**80), "pull-required"),
 ]
 
+# --- bombs: bodies of a few kilobytes built to cost the decoder as much as possible -------
+
+
+def _bomb(name: str, changes: Callable[[], bytes]) -> Case:
+    return Case(f"bomb:{name}", lambda t: t.a.push(changes(), t.head), "malformed")
+
+
+def _bombed_extra(t: Target) -> Message:
+    fields = t.a.fields("ping", {"version": 0}, extra={"bomb": _MARKER})
+    signed = _splice(codec.encode(fields), bombs.plain_nested_claims())
+    return envelope_message(t.a.seal(signed), "ping", header=t.a.node_id, request_id=fields["rid"])
+
+
+BOMBS = [
+    _bomb("changes inflating to 8 million nils", bombs.nils),
+    _bomb("changes inflating to 8 million empty arrays", bombs.empty_arrays),
+    _bomb("changes inflating to a map claiming 4 million entries", bombs.huge_map),
+    _bomb("inflated rows claiming 8 million rows", bombs.claimed_rows),
+    _bomb("inflated arrays nested 1,000 deep, each claiming 8 million items", bombs.nested_claims),
+    _bomb("arrays nested 1,000 deep, each claiming the body's length", bombs.plain_nested_claims),
+    _bomb("750,000 rows each valid in shape, deflated", bombs.rows),
+    _bomb("400 valid notes, each with a JSON value of 10,000 empty arrays", bombs.notes),
+    _bomb("a string header claiming 4 GB", bombs.long_string),
+    _bomb("changes inflating 29 times, to a table name of 265,000 empty arrays", bombs.densest),
+    Case(
+        "bomb:a pull's deleted keys inflating to 8 million nils",
+        lambda t: t.a.message("pull", {"since": 0, "deleted": bombs.nils()}),
+        "malformed",
+    ),
+    Case(
+        "bomb:a pull's deleted keys: 750,000 rows, deflated",
+        lambda t: t.a.message("pull", {"since": 0, "deleted": bombs.rows()}),
+        "malformed",
+    ),
+    Case("bomb:extra of arrays nested 1,000 deep, each claiming much", _bombed_extra, DEAD),
+]
+
 # --- enrollment: registering a node -------------------------------------------------------
 
 
@@ -722,7 +760,16 @@ ENROLLMENT = [
 ]
 
 
-ALL: Final = [*ENVELOPES, *REQUEST_MAP, *BODIES, *AUTH, *IMPERSONATION, *PUSH_CONTENT, *QUERIES]
+ALL: Final = [
+    *ENVELOPES,
+    *REQUEST_MAP,
+    *BODIES,
+    *AUTH,
+    *IMPERSONATION,
+    *PUSH_CONTENT,
+    *QUERIES,
+    *BOMBS,
+]
 CATEGORIES: Final = sorted({case.category for case in ALL})
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import zlib
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +16,8 @@ from dbsync_mq.core import codec
 from dbsync_mq.core.changeset import decode_changes, encode_changes
 from dbsync_mq.core.model import COMMANDS, DELETE, INSERT, UPDATE, Change
 from dbsync_mq.errors import ProtocolError
+from tests.allocation import traced_allocations
+from tests.security import bombs
 
 names = st.text(min_size=1, max_size=12)
 hlcs = st.integers(min_value=0, max_value=2**64 - 1)
@@ -256,12 +260,128 @@ def test_truncated_deflated_changes_are_refused():
         decode_changes(packed[:-10])
 
 
-def test_deflated_changes_may_not_inflate_beyond_the_limit(monkeypatch):
-    import zlib
+MAX_ALLOCATED = 4 * 1024 * 1024
+"""What decoding any of the bombs may allocate at its peak (each is under 10 KB)."""
 
-    from dbsync_mq.core import changeset
 
-    monkeypatch.setattr(changeset, "MAX_INFLATED_BYTES", 1000)
-    bomb = b"\x00" + zlib.compress(b"\x91" * 5000)
-    with pytest.raises(ProtocolError, match="beyond 1000 bytes"):
-        decode_changes(bomb)
+@pytest.mark.parametrize(
+    "build",
+    [
+        bombs.nils,
+        bombs.empty_arrays,
+        bombs.huge_map,
+        bombs.claimed_rows,
+        bombs.nested_claims,
+        bombs.plain_nested_claims,
+        bombs.rows,
+        bombs.notes,
+        bombs.long_string,
+    ],
+    ids=lambda build: build.__name__,
+)
+def test_a_body_of_a_few_kilobytes_built_to_blow_up_is_refused_allocating_little(
+    build: Callable[[], bytes],
+) -> None:
+    body = build()
+    assert len(body) < 10_000
+
+    with traced_allocations() as traced, pytest.raises(ProtocolError, match=r"^changes: "):
+        decode_changes(body)
+
+    assert traced.peak < MAX_ALLOCATED
+
+
+MAX_COST_PER_BYTE = 2_560
+"""What decoding may allocate per byte received: 32 times as many inflated bytes, each at
+most one object of about 72 bytes (an empty array, with its place in its parent)."""
+
+
+def test_the_densest_body_within_the_limits_costs_at_most_2_5_kib_per_byte_received() -> None:
+    # Given deflated changes inflating just under 32 times, to the costliest objects
+    body = bombs.densest()
+
+    with traced_allocations() as traced, pytest.raises(ProtocolError, match="table name"):
+        decode_changes(body)
+
+    assert traced.peak < MAX_COST_PER_BYTE * len(body)
+
+
+def deflated_rows(text: str, count: int = 100) -> tuple[bytes, bytes]:
+    """Packed changes of ``count`` rows, and the same deflated as the encoder once did."""
+    rows = [[INSERT, i, 0, None, [i, text]] for i in range(count)]
+    packed = codec.encode(section(*rows))
+    return packed, b"\x00" + zlib.compress(packed, 1)
+
+
+def test_deflated_changes_inflating_more_than_32_times_their_size_are_refused() -> None:
+    packed, body = deflated_rows("x" * 1_000)
+    assert len(packed) > 32 * len(body)
+
+    with pytest.raises(ProtocolError, match="32 times"):
+        decode_changes(body)
+
+
+def test_deflated_changes_inflating_less_than_32_times_their_size_are_accepted() -> None:
+    packed, body = deflated_rows("x" * 10)
+    assert len(packed) < 32 * len(body)
+
+    assert len(decode_changes(body)) == 100
+
+
+def inflated(packed: bytes) -> bytes:
+    return zlib.decompress(packed[1:]) if packed[:1] == b"\x00" else packed
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({"text": "x" * 10_000}, id="long-repeated-text"),
+        pytest.param({"data": [0] * 200}, id="json-of-zeros"),
+        pytest.param({"data": [[]] * 1_000}, id="json-of-empty-arrays"),
+        pytest.param({"text": None, "blob": None, "data": None, "flag": False}, id="nulls"),
+    ],
+)
+def test_changes_deflating_beyond_the_ratio_still_travel_within_it_and_round_trip(
+    values: dict[str, Any],
+) -> None:
+    changes = [Change("note", i, UPDATE, 5, {"id": i, **values}, {"id": 5}) for i in range(2_000)]
+
+    packed = encode_changes(changes)
+
+    assert len(inflated(packed)) <= 32 * len(packed)
+    assert decode_changes(packed) == changes
+
+
+def test_ten_thousand_typical_rows_round_trip() -> None:
+    changes = [
+        Change(
+            "item",
+            i,
+            INSERT,
+            (1_700_000_000_000 + i) << 16,
+            {"id": i, "name": f"item-{i:08d}", "quantity": i % 1000, "price": i / 100},
+        )
+        for i in range(10_000)
+    ]
+
+    assert decode_changes(encode_changes(changes)) == changes
+
+
+def test_deflated_changes_may_not_inflate_beyond_four_times_the_message_limit() -> None:
+    changes = [Change("city", i, INSERT, 1, {"id": i, "name": f"city {i}"}) for i in range(2000)]
+    packed = encode_changes(changes)
+    size = len(inflated(packed))
+
+    with pytest.raises(ProtocolError, match="beyond"):
+        decode_changes(packed, max_bytes=(size - 1) // 4)
+    assert decode_changes(packed, max_bytes=-(-size // 4)) == changes
+
+
+def test_a_malformed_row_is_refused_before_the_rows_after_it_are_decoded() -> None:
+    # Given a row with an unknown command, then a row no decoder can read
+    unreadable = codec.encode(section(row("x"), row(values=["@"])))
+    data = unreadable.replace(codec.encode("@"), b"\xd4\x2a\x00")
+
+    # Then the first bad row is the one refused
+    with pytest.raises(ProtocolError, match="unknown command"):
+        decode_changes(data)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dbsync_mq.core import codec
 from dbsync_mq.errors import CodecError
+from tests.allocation import traced_allocations
 
 MICRO = dt.timedelta(microseconds=1)
 
@@ -409,3 +410,40 @@ def test_primary_keys_round_trip_and_composite_keys_come_back_as_tuples(key: Any
     assert decoded == key
     assert type(decoded) is type(key)
     hash(decoded)
+
+
+MAX_ALLOCATED = 4 * 1024 * 1024
+"""What decoding any of the few-kilobyte inputs below may allocate at its peak."""
+
+
+def claims(header: bytes, count: int) -> bytes:
+    return header + struct.pack(">I", count)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(claims(b"\xdd", 5_001) * 1_000 + b"\xc0", id="arrays-nested-each-claiming"),
+        pytest.param((claims(b"\xdf", 6_001) + b"\xc0") * 1_000 + b"\xc0", id="maps-nested"),
+        pytest.param(claims(b"\xdd", 2**32 - 1) + b"\xc0" * 100, id="array-claiming-4-billion"),
+        pytest.param(claims(b"\xdf", 2**32 - 1) + b"\xc0" * 100, id="map-claiming-4-billion"),
+        pytest.param(claims(b"\xdb", 2**32 - 1) + b"x" * 100, id="str-claiming-4-gb"),
+        pytest.param(claims(b"\xc6", 2**32 - 1) + b"x" * 100, id="bin-claiming-4-gb"),
+        pytest.param(claims(b"\xc9", 2**32 - 1) + b"\x05" + b"1" * 100, id="ext-claiming-4-gb"),
+        pytest.param(b"\x92" + claims(b"\xc6", 5_000) + b"x" * 4_000, id="bin-longer-than-data"),
+    ],
+)
+def test_headers_claiming_more_than_the_data_holds_are_refused_without_allocating_it(
+    data: bytes,
+) -> None:
+    with traced_allocations() as traced, pytest.raises(CodecError):
+        codec.decode(data)
+
+    assert traced.peak < MAX_ALLOCATED
+
+
+def test_a_value_as_large_as_its_headers_claim_is_decoded() -> None:
+    # Guard for the test above: what is really there decodes, however large.
+    data = claims(b"\xdd", 100_000) + b"\x90" * 100_000
+
+    assert codec.decode(data) == [[]] * 100_000

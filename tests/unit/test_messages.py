@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from dbsync_mq.core import codec, messages
 from dbsync_mq.core.messages import Reply, Request
 from dbsync_mq.errors import ProtocolError
+from tests.allocation import traced_allocations
 
 RID = "0123456789abcdef0123456789abcdef"
 
@@ -372,3 +374,31 @@ def test_extra_data_of_exactly_the_limit_passes_and_one_byte_more_is_refused() -
     messages.check_extra_data({"k": b"x" * size})
     with pytest.raises(ProtocolError, match=f"limit is {limit}"):
         messages.check_extra_data({"k": b"x" * (size + 1)})
+
+
+NESTED_CLAIMS = (b"\xdd" + struct.pack(">I", 5_001)) * 1_000 + b"\xc0"
+"""Arrays nested 1,000 deep, each claiming about as many items as the message has bytes."""
+
+
+def with_value(fields: dict[str, Any], name: str, raw: bytes) -> bytes:
+    """``fields`` encoded, with field ``name`` replaced by the raw msgpack ``raw``."""
+    marker = codec.encode("@@marker@@")
+    return codec.encode({**fields, name: "@@marker@@"}).replace(marker, raw)
+
+
+def test_a_request_claiming_more_than_it_holds_is_refused_allocating_little() -> None:
+    data = with_value(request_map(), "extra", NESTED_CLAIMS)
+
+    with traced_allocations() as traced, pytest.raises(ProtocolError):
+        messages.decode_request(data)
+
+    assert traced.peak < 4 * 1024 * 1024
+
+
+def test_a_reply_claiming_more_than_it_holds_is_refused_allocating_little() -> None:
+    data = with_value(reply_map(messages.PULL), "body", NESTED_CLAIMS)
+
+    with traced_allocations() as traced, pytest.raises(ProtocolError):
+        messages.decode_reply(data, messages.PULL)
+
+    assert traced.peak < 4 * 1024 * 1024
