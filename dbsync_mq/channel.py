@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from dbsync_mq.config import MAX_MESSAGE_BYTES
-from dbsync_mq.core import messages, signing
+from dbsync_mq.config import MAX_MESSAGE_BYTES, PUBLISH_LIMIT_BYTES
+from dbsync_mq.core import codec, messages, signing
+from dbsync_mq.core.changeset import ChangeTooLarge, encode_parts
 from dbsync_mq.core.messages import Reply, Request
+from dbsync_mq.core.model import Change
 from dbsync_mq.errors import (
     ProtocolError,
     PullRequired,
@@ -29,6 +31,9 @@ from dbsync_mq.transport.node import BrokerClient
 
 logger = logging.getLogger(__name__)
 
+ENVELOPE_ROOM = 1024
+"""Bytes a request's envelope adds to its changes, besides its ``extra_data``."""
+
 
 class NodeChannel:
     """Requests signed with the node's key; replies checked against the pinned server key."""
@@ -38,19 +43,53 @@ class NodeChannel:
         broker: BrokerClient,
         identity: Identity,
         clock: Callable[[], float] = time.time,
+        max_message_bytes: int = PUBLISH_LIMIT_BYTES,
     ) -> None:
         self.broker = broker
+        self.max_message_bytes = max_message_bytes
         self.node_id = identity.node_id
         self._key = signing.private_key_from_seed(identity.private_key)
         self._server_key = signing.load_public_key(identity.server_key)
         self._clock = clock
 
     def seal(
-        self, kind: str, body: dict[str, Any], extra_data: Mapping[str, Any] | None
+        self,
+        kind: str,
+        body: dict[str, Any],
+        extra_data: Mapping[str, Any] | None,
+        request_id: str | None = None,
     ) -> tuple[str, bytes]:
-        """A new request's id and its signed envelope."""
-        request = new_request(kind, self.node_id, body, extra_data, self._clock)
+        """A new request's id and its signed envelope (the id given, for a push's parts)."""
+        request = new_request(kind, self.node_id, body, extra_data, self._clock, request_id)
         return request.request_id, signing.seal(messages.encode_request(request), self._key)
+
+    def seal_push(
+        self, base: int, changes: Sequence[Change], extra_data: Mapping[str, Any] | None
+    ) -> tuple[str, tuple[bytes, ...]]:
+        """A push's request id and envelopes: one, or numbered parts of one request when
+        the changes would make a message larger than ``max_message_bytes``."""
+        room = self.max_message_bytes - ENVELOPE_ROOM - len(codec.encode(extra_data or {}))
+        try:
+            parts = encode_parts(changes, room)
+        except ChangeTooLarge as exc:
+            row = [(exc.change.table, exc.change.key)]
+            raise PushRejected("row-too-large", str(exc), row) from None
+        if len(parts) == 1:
+            rid, envelope = self.seal(
+                messages.PUSH, {"base": base, "changes": parts[0]}, extra_data
+            )
+            return rid, (envelope,)
+        request_id = uuid.uuid4().hex
+        envelopes = tuple(
+            self.seal(
+                messages.PUSH,
+                {"base": base, "changes": part, "part": index, "parts": len(parts)},
+                extra_data,
+                request_id,
+            )[1]
+            for index, part in enumerate(parts)
+        )
+        return request_id, envelopes
 
     @contextmanager
     def call(
@@ -68,21 +107,24 @@ class NodeChannel:
         request_id, envelope = self.seal(kind, body, extra_data)
         return self.send_once(kind, request_id, envelope)
 
-    def send_once(self, kind: str, request_id: str, envelope: bytes) -> Reply:
-        """Send (or send again, for a push in flight) a sealed request; its one reply."""
-        with self.exchange(kind, request_id, envelope) as replies:
+    def send_once(self, kind: str, request_id: str, envelopes: bytes | Sequence[bytes]) -> Reply:
+        """Send (or send again, for a push in flight) a sealed request, in one message or
+        several parts; its one reply."""
+        with self.exchange(kind, request_id, envelopes) as replies:
             for reply in replies:
                 return reply
         raise ProtocolError(f"the reply to {request_id} ended early")
 
     @contextmanager
-    def exchange(self, kind: str, request_id: str, envelope: bytes) -> Iterator[Iterator[Reply]]:
-        """Publish a sealed request; give its reply chunks, in order, verified.
-
-        Error replies raise (see ``raise_for``).
-        """
-        message = request_message(kind, request_id, envelope, node_id=self.node_id)
-        with self.broker.request(message, self.node_id) as messages_in:
+    def exchange(
+        self, kind: str, request_id: str, envelopes: bytes | Sequence[bytes]
+    ) -> Iterator[Iterator[Reply]]:
+        """Publish a sealed request (one message, or the parts of one); give its reply
+        chunks, in order, verified. Error replies raise (see ``raise_for``)."""
+        if isinstance(envelopes, bytes):
+            envelopes = [envelopes]
+        sent = [request_message(kind, request_id, e, node_id=self.node_id) for e in envelopes]
+        with self.broker.request(sent, self.node_id) as messages_in:
             yield self._replies(kind, request_id, messages_in)
 
     def _replies(self, kind: str, request_id: str, received: Iterator[Message]) -> Iterator[Reply]:
@@ -132,12 +174,13 @@ def new_request(
     body: dict[str, Any],
     extra_data: Mapping[str, Any] | None,
     clock: Callable[[], float],
+    request_id: str | None = None,
 ) -> Request:
     messages.check_extra_data(extra_data)
     return Request(
         kind=kind,
         node_id=node_id,
-        request_id=uuid.uuid4().hex,
+        request_id=request_id or uuid.uuid4().hex,
         timestamp_ms=int(clock() * 1000),
         body=body,
         extra=dict(extra_data) if extra_data is not None else None,

@@ -29,7 +29,12 @@ from sqlalchemy.engine import Connection, Engine
 from dbsync_mq import channel
 from dbsync_mq.agent import Agent, AgentSettings, StatusListener, SyncStatus
 from dbsync_mq.channel import NodeChannel
-from dbsync_mq.config import DEFAULT_BROKER_URL, MAX_MESSAGE_BYTES, REQUEST_TIMEOUT_SECONDS
+from dbsync_mq.config import (
+    DEFAULT_BROKER_URL,
+    MAX_MESSAGE_BYTES,
+    PUBLISH_LIMIT_BYTES,
+    REQUEST_TIMEOUT_SECONDS,
+)
 from dbsync_mq.core import messages, signing
 from dbsync_mq.core.changeset import decode_changes, encode_changes
 from dbsync_mq.core.compression import compress_local
@@ -73,6 +78,9 @@ logger = logging.getLogger(__name__)
 
 M = TypeVar("M")
 
+MIN_MESSAGE_BYTES = 128 * 1024
+"""Smallest ``max_message_bytes``: room for a request's ``extra_data`` and some rows."""
+
 MAX_SYNC_ATTEMPTS = 5
 """Push attempts ``sync`` makes before giving up when other nodes keep pushing first."""
 
@@ -102,14 +110,20 @@ class SyncClient:
         conflict_policy: Policy = "node-wins",
         timeout: float = REQUEST_TIMEOUT_SECONDS,
         reply_queue_ttl: float = NODE_QUEUE_EXPIRY_MS / 1000,
+        max_message_bytes: int = PUBLISH_LIMIT_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_policy(conflict_policy)
+        if not MIN_MESSAGE_BYTES <= max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise ConfigurationError(
+                f"max_message_bytes must be from {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}"
+            )
         self.engine = prepare(engine, node=True)
         self.models = ModelSet.of(models)
         self.topology = Topology(namespace, node_queue_expiry_ms=int(reply_queue_ttl * 1000))
         self.conflict_policy = conflict_policy
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
         self._clock = clock
         self._log = local.OperationLog(self.models, clock)
         tracking.attach(engine, self._log)
@@ -292,6 +306,7 @@ class SyncClient:
                 result = self._replace_tables(connection, replies, progress)
                 connection.execute(schema.operations.delete())
                 connection.execute(schema.inflight.delete())
+                connection.execute(schema.inflight_parts.delete())
                 local.set_position(connection, result.version)
             self._identity = None
             if pending:
@@ -484,15 +499,11 @@ class SyncClient:
             if not operations:
                 return None
             changes = attach_rows(connection, self.models, compress_local(operations))
-        body = {"base": identity.version, "changes": encode_changes(changes)}
-        request_id, envelope = self._channel().seal(messages.PUSH, body, extra_data)
+        node = self._channel()
+        request_id, bodies = node.seal_push(identity.version, changes, extra_data)
         push = local.InFlight(
-            request_id, identity.version, envelope, tuple(op.order for op in operations)
+            request_id, identity.version, bodies, tuple(op.order for op in operations)
         )
-        if len(push.body) > MAX_MESSAGE_BYTES:
-            raise ConfigurationError(
-                f"a push of {len(push.body)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
-            )
         with write_transaction(self.engine) as connection:
             if local.load_inflight(connection) is not None:
                 raise MergeError("another process is pushing from this database")
@@ -515,7 +526,7 @@ class SyncClient:
     def _settle(self, push: local.InFlight, count: int) -> PushResult:
         """Send ``push`` (again), wait for its reply and record its outcome."""
         try:
-            reply = self._channel().send_once(messages.PUSH, push.request_id, push.body)
+            reply = self._channel().send_once(messages.PUSH, push.request_id, push.bodies)
         except PushRejected:
             with write_transaction(self.engine) as connection:
                 local.delete_inflight(connection, push.request_id)
@@ -578,7 +589,9 @@ class SyncClient:
     # --- identity -----------------------------------------------------------------------
 
     def _channel(self) -> NodeChannel:
-        return NodeChannel(self._broker, self._require_identity(), self._clock)
+        return NodeChannel(
+            self._broker, self._require_identity(), self._clock, self.max_message_bytes
+        )
 
     def _load_identity(self) -> local.Identity | None:
         if self._identity is None:

@@ -23,6 +23,11 @@ MAX_MESSAGE_BYTES: Final = messages.MAX_MESSAGE_BYTES
 request is dead-lettered, a larger reply ignored. What decoding may cost follows from
 it: deflated changes inflate to at most four times this (``core/changeset.py``)."""
 
+PUBLISH_LIMIT_BYTES: Final = 4 * 1024 * 1024
+"""Largest message published: large pushes travel in parts, pull and repair replies in
+chunks of at most this (RabbitMQ refuses 16 MiB by default, and large messages slow a
+quorum queue down)."""
+
 REQUEST_WINDOW_SECONDS: Final = 7 * 24 * 3600
 """How far a request's timestamp may be from the server's clock."""
 

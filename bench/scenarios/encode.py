@@ -82,7 +82,7 @@ class EncodeBench:
         prepared = self.client._prepare_push(self.identity, None)
         if prepared is None:
             raise RuntimeError("nothing to push")
-        self.body = prepared[0].body
+        self.body = prepared[0].bodies[0]
         self.publish()
 
     def forget_inflight(self) -> None:

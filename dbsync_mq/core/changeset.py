@@ -46,6 +46,8 @@ MAX_INFLATED_BYTES: Final = INFLATED_PER_MESSAGE * MAX_MESSAGE_BYTES
 """The most packed changes may take, deflated or not, under the default message limit."""
 
 _DEFLATED: Final = b"\x00"
+_JOINED: Final = b"\x01"
+"""Marks packed change lists stored one after the other (a push that came in parts)."""
 _SECTION: Final = "changes: a table section is [table, columns, rows]"
 
 
@@ -71,6 +73,48 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
     if len(packed) < DEFLATE_FROM:
         return packed
     return _deflate(packed)
+
+
+_SAMPLE: Final = 512
+"""Changes encoded first to estimate how many fit in a part."""
+
+
+def encode_parts(changes: Sequence[Change], max_bytes: int) -> list[bytes]:
+    """``changes`` packed in consecutive parts of at most ``max_bytes`` each, in order.
+
+    Sized from a sample, then halved wherever a part came out too large. A single
+    change larger than ``max_bytes`` raises ``ChangeTooLarge``.
+    """
+    if not changes:
+        return [encode_changes(())]
+    sample = changes[:_SAMPLE]
+    per_change = max(1.0, len(encode_changes(sample)) / len(sample))
+    size = max(1, int(max_bytes * 0.9 / per_change))
+    parts: list[bytes] = []
+    for start in range(0, len(changes), size):
+        parts.extend(_fitted(changes[start : start + size], max_bytes))
+    return parts
+
+
+def _fitted(changes: Sequence[Change], max_bytes: int) -> list[bytes]:
+    packed = encode_changes(changes)
+    if len(packed) <= max_bytes:
+        return [packed]
+    if len(changes) == 1:
+        raise ChangeTooLarge(changes[0], len(packed), max_bytes)
+    middle = len(changes) // 2
+    return _fitted(changes[:middle], max_bytes) + _fitted(changes[middle:], max_bytes)
+
+
+class ChangeTooLarge(CodecError):
+    """One change packs to more bytes than a message may carry."""
+
+    def __init__(self, change: Change, size: int, max_bytes: int) -> None:
+        super().__init__(
+            f"{change.table} row {change.key!r} packs to {size} bytes, more than the "
+            f"{max_bytes} a message may carry"
+        )
+        self.change = change
 
 
 def _deflate(packed: bytes) -> bytes:
@@ -121,12 +165,24 @@ def iter_changes(
 ) -> Iterator[Change]:
     """The changes ``decode_changes`` returns, one at a time, each checked as it is
     decoded: a caller that stops at the first bad one never decodes the rest."""
+    if data.startswith(_JOINED):
+        if not trusted:
+            raise ProtocolError("changes: joined change lists are the server's own")
+        for part in codec.decode(data[1:]):
+            yield from iter_changes(part, max_bytes, trusted=True)
+        return
     try:
         reader = codec.Reader(_inflate(data, None if trusted else max_bytes))
         for _ in range(_array(reader, "changes: expected an array of table sections")):
             yield from _decode_section(reader)
     except CodecError as exc:
         raise ProtocolError(f"changes: {exc}") from None
+
+
+def join_changes(parts: Sequence[bytes]) -> bytes:
+    """Several packed change lists as one, without decoding them (a push that came in
+    parts, stored as one version). Only ``iter_changes(..., trusted=True)`` reads it."""
+    return _JOINED + codec.encode(list(parts))
 
 
 def _inflate(data: bytes, max_bytes: int | None) -> bytes:

@@ -66,6 +66,14 @@ REQUEST_BODIES: Final[Mapping[str, _Spec]] = {
     PING: {"version": (int, False)},
 }
 
+OPTIONAL_REQUEST_FIELDS: Final[Mapping[str, _Spec]] = {
+    PUSH: {"part": (int, False), "parts": (int, False)},
+}
+"""Fields a request body may leave out: a push in several parts numbers them."""
+
+MAX_PUSH_PARTS: Final = 4096
+"""Parts of one push at most."""
+
 REPLY_BODIES: Final[Mapping[str, _Spec]] = {
     PUSH: {"version": (int, False), "base": (int, False)},
     PULL: {
@@ -151,7 +159,20 @@ def decode_request(signed_bytes: bytes) -> Request:
         raise ProtocolError(f"unknown request kind {kind!r}")
     if not _REQUEST_ID.fullmatch(fields["rid"]):
         raise ProtocolError("request id must be 32 lowercase hex digits")
-    _check_fields(fields["body"], REQUEST_BODIES[kind], f"{kind} request")
+    body = fields["body"]
+    optional = OPTIONAL_REQUEST_FIELDS.get(kind, {})
+    _check_fields(
+        {name: value for name, value in body.items() if name not in optional},
+        REQUEST_BODIES[kind],
+        f"{kind} request",
+    )
+    _check_fields(
+        {name: value for name, value in body.items() if name in optional},
+        {name: spec for name, spec in optional.items() if name in body},
+        f"{kind} request",
+    )
+    if kind == PUSH:
+        _check_parts(body)
     return Request(
         kind=kind,
         node_id=fields["node"],
@@ -286,6 +307,15 @@ def _decode_map(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise ProtocolError(f"{what}: expected a map")
     return fields
+
+
+def _check_parts(body: Mapping[str, Any]) -> None:
+    if ("part" in body) != ("parts" in body):
+        raise ProtocolError("push request: part and parts go together")
+    if "parts" in body and not (
+        2 <= body["parts"] <= MAX_PUSH_PARTS and 0 <= body["part"] < body["parts"]
+    ):
+        raise ProtocolError(f"push request: part {body['part']} of {body['parts']}")
 
 
 def _check_fields(fields: Mapping[Any, Any], spec: _Spec, what: str) -> None:

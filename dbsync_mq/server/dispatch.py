@@ -17,21 +17,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq.config import ServerSettings
 from dbsync_mq.core import messages, signing
 from dbsync_mq.core.changeset import iter_changes
 from dbsync_mq.core.messages import Reply, Request
-from dbsync_mq.core.model import RowKey
+from dbsync_mq.core.model import Change, RowKey
 from dbsync_mq.errors import DatabaseUnavailable, ProtocolError, RequestRefused, SyncError
 from dbsync_mq.extensions import run_callbacks
 from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
+from dbsync_mq.server.parts import assembled, forget_parts, parts_digest, store_part
 from dbsync_mq.server.pull import pull_bodies, read_pull
 from dbsync_mq.server.push import (
     MAX_REFUSED_ROWS,
+    Accepted,
     PushJob,
     apply_push,
     decode_push,
@@ -50,7 +52,8 @@ logger = logging.getLogger(__name__)
 Disposition = Literal["ack", "dead-letter", "requeue"]
 StageHook = Callable[[str, str, str], None]
 """Called with a stage name (``before-transaction``, ``in-transaction``,
-``after-commit``), the request kind and its id: for tracing and fault injection."""
+``after-commit``; ``part-stored`` for a part of a push that waits for others), the
+request kind and its id: for tracing and fault injection."""
 
 REPLY_KIND: Final = messages.REPLY
 MAX_NODE_ID: Final = 2**31 - 1
@@ -181,24 +184,77 @@ class Server:
     # --- handlers -------------------------------------------------------------
 
     def _push(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
-        digest = signing.body_digest(signed)
+        if "parts" in request.body:
+            return self._push_part(request, node)
         changes = decode_push(self.models, request, self.settings.max_message_bytes)
+        digest = signing.body_digest(signed)
         self._stage("before-transaction", request)
         with write_transaction(self.engine) as connection:
-            job = PushJob(
-                connection,
-                self.models,
-                request,
-                node,
-                changes,
-                digest,
-                self.hooks,
-                check_fresh=lambda: self._check_window(request),
-            )
-            accepted = apply_push(
-                job, lambda version, base: self._seal(request, {"version": version, "base": base})
-            )
+            accepted = self._apply(connection, request, node, changes, digest)
             self._stage("in-transaction", request)
+        return self._pushed(request, accepted, changes)
+
+    def _push_part(self, request: Request, node: state.NodeRecord) -> Outcome:
+        """Store a part of a push; apply the whole once the last part is in."""
+        digest = parts_digest(request)
+        changes: list[Change] = []
+        try:
+            decode_push(self.models, request, self.settings.max_message_bytes)  # this part
+            self._stage("before-transaction", request)
+            with write_transaction(self.engine) as connection:
+                _head, stored = state.lock_head_and_find(connection, request.request_id)
+                if stored is not None:
+                    if stored.digest != digest:
+                        raise RequestRefused("request-id-reused", "request id was used before")
+                    accepted: Accepted | None = Accepted(version=None, reply=stored.reply)
+                else:
+                    accepted, changes = self._apply_parts(connection, request, node, digest)
+                if accepted is not None:
+                    self._stage("in-transaction", request)
+        except RequestRefused:
+            with write_transaction(self.engine) as connection:
+                forget_parts(connection, request.request_id)  # refused as a whole
+            raise
+        if accepted is None:  # more parts to come: the reply waits for the last one
+            self._stage("part-stored", request)
+            return Outcome("ack", (), kind=request.kind, request_id=request.request_id)
+        return self._pushed(request, accepted, changes)
+
+    def _apply_parts(
+        self, connection: Connection, request: Request, node: state.NodeRecord, digest: bytes
+    ) -> tuple[Accepted | None, list[Change]]:
+        stored_parts = store_part(connection, request)
+        if stored_parts is None:
+            return None, []
+        whole, changes = assembled(request, stored_parts)
+        accepted = self._apply(connection, whole, node, changes, digest)
+        forget_parts(connection, request.request_id)
+        return accepted, changes
+
+    def _apply(
+        self,
+        connection: Connection,
+        request: Request,
+        node: state.NodeRecord,
+        changes: list[Change],
+        digest: bytes,
+    ) -> Accepted:
+        job = PushJob(
+            connection,
+            self.models,
+            request,
+            node,
+            changes,
+            digest,
+            self.hooks,
+            check_fresh=lambda: self._check_window(request),
+        )
+        return apply_push(
+            job, lambda version, base: self._seal(request, {"version": version, "base": base})
+        )
+
+    def _pushed(self, request: Request, accepted: Accepted, changes: list[Change]) -> Outcome:
+        """The outcome of a push committed (or answered from its stored reply)."""
         self._stage("after-commit", request)
         if accepted.version is not None:
             run_callbacks(self.models, changes)

@@ -276,11 +276,12 @@ def delete_registration(connection: Connection) -> None:
 
 @dataclass(frozen=True)
 class InFlight:
-    """A push published and not yet answered."""
+    """A push published and not yet answered: the exact messages sent (one, or the
+    parts of a push too large for one message) and the log entries it carries."""
 
     request_id: str
     base_version: int
-    body: bytes
+    bodies: tuple[bytes, ...]
     operation_ids: tuple[int, ...]
 
 
@@ -289,24 +290,39 @@ def save_inflight(connection: Connection, push: InFlight) -> None:
         schema.inflight.insert().values(
             request_id=push.request_id,
             base_version=push.base_version,
-            body=push.body,
+            body=push.bodies[0],
             operation_ids=codec.encode(list(push.operation_ids)),
             created_at=utcnow(),
         )
     )
+    if len(push.bodies) > 1:
+        connection.execute(
+            schema.inflight_parts.insert(),
+            [
+                {"request_id": push.request_id, "part": part, "body": body}
+                for part, body in enumerate(push.bodies[1:], start=1)
+            ],
+        )
 
 
 def load_inflight(connection: Connection) -> InFlight | None:
     row = connection.execute(sa.select(schema.inflight)).mappings().first()
     if row is None:
         return None
+    p = schema.inflight_parts.c
+    parts = connection.execute(
+        sa.select(p.body).where(p.request_id == row["request_id"]).order_by(p.part)
+    ).scalars()
     return InFlight(
         request_id=row["request_id"],
         base_version=row["base_version"],
-        body=row["body"],
+        bodies=(row["body"], *parts),
         operation_ids=tuple(codec.decode(row["operation_ids"])),
     )
 
 
 def delete_inflight(connection: Connection, request_id: str) -> None:
     connection.execute(schema.inflight.delete().where(schema.inflight.c.request_id == request_id))
+    connection.execute(
+        schema.inflight_parts.delete().where(schema.inflight_parts.c.request_id == request_id)
+    )

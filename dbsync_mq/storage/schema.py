@@ -73,6 +73,16 @@ quarantine = sa.Table(
 """Rows whose logged changes are held back from pushes until released: a row the server
 refused does not block the others. Their log entries stay in ``sync_operations``."""
 
+inflight_parts = sa.Table(
+    "sync_inflight_parts",
+    client_metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("part", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("body", sa.LargeBinary, nullable=False, doc="the exact message sent"),
+)
+"""The parts after the first of a push in flight too large for one message (the first is
+``sync_inflight.body``)."""
+
 registration = sa.Table(
     "sync_registration",
     client_metadata,
@@ -130,6 +140,18 @@ requests = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 """Requests that changed the database, with the reply sent, for idempotent redelivery."""
+
+push_parts = sa.Table(
+    "sync_push_parts",
+    server_metadata,
+    sa.Column("request_id", sa.String(32), primary_key=True),
+    sa.Column("part", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("parts", sa.Integer, nullable=False),
+    sa.Column("node_id", sa.Integer, nullable=False),
+    sa.Column("changes", sa.LargeBinary, nullable=False, doc="the part's packed changes"),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""Parts of a push received so far; applied as one version once the last one is in."""
 
 enrollments = sa.Table(
     "sync_enrollments",

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -429,16 +430,17 @@ class BrokerClient:
     # --- requests -------------------------------------------------------------------
 
     @contextmanager
-    def request(self, message: Message, node_id: int) -> Iterator[Iterator[Message]]:
-        """Publish a request and give the replies to it, from the node's queue, in order."""
+    def request(self, messages: Sequence[Message], node_id: int) -> Iterator[Iterator[Message]]:
+        """Publish a request (one message, or the parts of one, all with its correlation
+        id) and give the replies to it, from the node's queue, in order."""
         reply_queue = self._topology.node_queue(node_id)
         arguments = self._topology.node_queue_arguments
-        with self._exchange(message, reply_queue, arguments) as replies:
+        with self._exchange(messages, reply_queue, arguments) as replies:
             yield replies
 
     def call_direct(self, message: Message) -> Message:
         """Publish ``message`` and wait for its answer on RabbitMQ's direct reply-to."""
-        with self._exchange(message, DIRECT_REPLY_TO, None) as replies:
+        with self._exchange([message], DIRECT_REPLY_TO, None) as replies:
             return next(replies)
 
     def ensure_node_queue(self, node_id: int) -> None:
@@ -505,11 +507,11 @@ class BrokerClient:
 
     @contextmanager
     def _exchange(
-        self, message: Message, reply_queue: str, arguments: Mapping[str, Any] | None
+        self, messages: Sequence[Message], reply_queue: str, arguments: Mapping[str, Any] | None
     ) -> Iterator[Iterator[Message]]:
         deadline = time.monotonic() + self.timeout
         owner = self._current_owner(deadline)
-        correlation_id = message.correlation_id
+        correlation_id = messages[0].correlation_id
         reply_to = DIRECT_REPLY_TO if reply_queue == DIRECT_REPLY_TO else None
         inbox = self._run(
             owner,
@@ -518,12 +520,13 @@ class BrokerClient:
             deadline,
         )
         try:
-            self._run(
-                owner,
-                f"publish {message.kind}",
-                lambda channel: self._publish(channel, message, reply_to),
-                deadline,
-            )
+            for message in messages:
+                self._run(
+                    owner,
+                    f"publish {message.kind}",
+                    functools.partial(self._publish, message=message, reply_to=reply_to),
+                    deadline,
+                )
             yield self._replies(owner, inbox, correlation_id, deadline)
         finally:
             owner.submit(
