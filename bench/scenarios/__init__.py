@@ -2,7 +2,7 @@
 
 # The import order is the table's row order.
 from bench.scenarios import apply, roundtrip, bulkpush, throughput  # noqa: I001
-from bench.scenarios import encode, pull, merge, repair, pending
+from bench.scenarios import encode, pull, merge, repair, pending, propagation
 
 __all__ = [
     "apply",
@@ -10,6 +10,7 @@ __all__ = [
     "encode",
     "merge",
     "pending",
+    "propagation",
     "pull",
     "repair",
     "roundtrip",
