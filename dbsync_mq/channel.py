@@ -47,10 +47,15 @@ class NodeChannel:
     ) -> None:
         self.broker = broker
         self.max_message_bytes = max_message_bytes
+        self._keys = (identity.node_id, identity.private_key, identity.server_key)
         self.node_id = identity.node_id
         self._key = signing.private_key_from_seed(identity.private_key)
         self._server_key = signing.load_public_key(identity.server_key)
         self._clock = clock
+
+    def speaks_for(self, identity: Identity) -> bool:
+        """Whether this channel signs and verifies with ``identity``'s keys."""
+        return self._keys == (identity.node_id, identity.private_key, identity.server_key)
 
     def seal(
         self,

@@ -129,6 +129,7 @@ class SyncClient:
         tracking.attach(engine, self._log)
         self._broker = BrokerClient(broker_url, self.topology, timeout=timeout)
         self._lock = NodeLock(self.engine)
+        self._node_channel: NodeChannel | None = None
         self._agent: Agent | None = None
         self._agent_lock = threading.Lock()
         self._identity: local.Identity | None = None
@@ -589,9 +590,12 @@ class SyncClient:
     # --- identity -----------------------------------------------------------------------
 
     def _channel(self) -> NodeChannel:
-        return NodeChannel(
-            self._broker, self._require_identity(), self._clock, self.max_message_bytes
-        )
+        identity = self._require_identity()
+        node = self._node_channel
+        if node is None or not node.speaks_for(identity):
+            node = NodeChannel(self._broker, identity, self._clock, self.max_message_bytes)
+            self._node_channel = node
+        return node
 
     def _load_identity(self) -> local.Identity | None:
         if self._identity is None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -53,6 +52,9 @@ from dbsync_mq.transport.topology import DIRECT_REPLY_TO, Topology
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+BROKEN: Final = (pika.exceptions.AMQPError, OSError, ValueError, RuntimeError)
+"""What pika raises on a connection or channel that is already gone."""
 
 SERVE_SECONDS: Final = 1.0
 """How long the owner waits for broker traffic per turn when no command comes."""
@@ -87,6 +89,7 @@ class _Inbox:
 
     queue_name: str
     items: queue.SimpleQueue[_Reply | SyncError] = field(default_factory=queue.SimpleQueue)
+    received: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class _Owner:
         self._generation = 0
         self._inboxes: dict[str, _Inbox] = {}
         self._consumers: dict[str, str] = {}
+        self._declared: set[str] = set()
         self._last_used = time.monotonic()
         self._abandoned = threading.Event()
         self.connecting = False
@@ -182,7 +186,7 @@ class _Owner:
         if connection is None:
             return
         # Closed meanwhile: the owner sees the command on its next turn anyway.
-        with contextlib.suppress(pika.exceptions.AMQPError, OSError, ValueError, RuntimeError):
+        with contextlib.suppress(*BROKEN):
             connection.add_callback_threadsafe(_nothing)
 
     # --- the owner thread -------------------------------------------------------------
@@ -225,6 +229,9 @@ class _Owner:
         except SyncError as exc:
             logger.info("broker connection lost: %s", exc)
             self._disconnect(exc)
+        except Exception as exc:  # pika, broken midway, raises types of its own
+            logger.warning("broker connection dropped after an error", exc_info=True)
+            self._disconnect(BrokerUnavailable(f"connection broken: {type(exc).__name__}"))
 
     def _execute(self, command: _Command) -> None:
         if not command.future.set_running_or_notify_cancel():
@@ -236,10 +243,17 @@ class _Owner:
             channel = self._open_channel()
             with broker_errors(command.what):
                 result = command.function(channel)
-        except BaseException as exc:  # handed to the waiting caller, raised there
+        except SyncError as exc:  # handed to the waiting caller, raised there
             if isinstance(exc, BrokerUnavailable):
                 self._disconnect(exc)
             command.future.set_exception(exc)
+        except Exception as exc:
+            # pika on a channel broken midway raises types of its own (assertions, value
+            # errors): the connection cannot be trusted any more.
+            logger.warning("%s failed; dropping the connection", command.what, exc_info=True)
+            error = BrokerUnavailable(f"{command.what}: {type(exc).__name__}: {exc}")
+            self._disconnect(error)
+            command.future.set_exception(error)
         else:
             command.future.set_result(result)
         finally:
@@ -281,6 +295,7 @@ class _Owner:
         close_quietly(self._connection)
         self._connection = self._channel = None
         self._consumers.clear()
+        self._declared.clear()
         inboxes, self._inboxes = self._inboxes, {}
         for inbox in inboxes.values():
             inbox.items.put(
@@ -329,9 +344,11 @@ class _Owner:
         correlation_id: str,
         arguments: Mapping[str, Any] | None,
     ) -> _Inbox:
-        """Declare the reply queue (unless it is direct reply-to) and consume it."""
-        if arguments is not None:
+        """Consume the reply queue, declared once per connection (unless it is direct
+        reply-to, which needs no declaring)."""
+        if arguments is not None and queue_name not in self._declared:
             channel.queue_declare(queue_name, durable=True, arguments=dict(arguments))
+            self._declared.add(queue_name)
         if queue_name not in self._consumers:
             self._consumers[queue_name] = channel.basic_consume(
                 queue_name, self._on_reply, auto_ack=queue_name == DIRECT_REPLY_TO
@@ -345,6 +362,9 @@ class _Owner:
         inbox = self._inboxes.pop(correlation_id, None)
         if inbox is None:
             return
+        if inbox.received == 0:
+            # No reply came: perhaps the queue went away meanwhile. Declare it next time.
+            self._declared.discard(inbox.queue_name)
         while True:  # replies to a finished request nobody took: drop them
             try:
                 item = inbox.items.get_nowait()
@@ -386,6 +406,7 @@ class _Owner:
             logger.debug("dropping a reply to %s: no call waits for it", properties.correlation_id)
             self.acknowledge(channel, reply)
             return
+        inbox.received += 1
         inbox.items.put(reply)
 
     def _on_broker_cancel(self, frame: Any) -> None:
@@ -393,6 +414,7 @@ class _Owner:
         gone = [name for name, consumer in self._consumers.items() if consumer == tag]
         for name in gone:
             del self._consumers[name]
+            self._declared.discard(name)
             for correlation_id, inbox in list(self._inboxes.items()):
                 if inbox.queue_name == name:
                     del self._inboxes[correlation_id]
@@ -513,20 +535,21 @@ class BrokerClient:
         owner = self._current_owner(deadline)
         correlation_id = messages[0].correlation_id
         reply_to = DIRECT_REPLY_TO if reply_queue == DIRECT_REPLY_TO else None
-        inbox = self._run(
-            owner,
-            "declare the reply queue",
-            lambda channel: owner.open_inbox(channel, reply_queue, correlation_id, arguments),
-            deadline,
-        )
+
+        def send(channel: BlockingChannel) -> _Inbox:
+            inbox = owner.open_inbox(channel, reply_queue, correlation_id, arguments)
+            try:
+                for message in messages:
+                    self._publish(channel, message, reply_to)
+            except BaseException:
+                with contextlib.suppress(Exception):  # failing already: the first error tells
+                    owner.close_inbox(channel, correlation_id)
+                raise
+            return inbox
+
+        # One command, so one turn of the connection's thread, for the whole request.
+        inbox = self._run(owner, f"send {messages[0].kind}", send, deadline)
         try:
-            for message in messages:
-                self._run(
-                    owner,
-                    f"publish {message.kind}",
-                    functools.partial(self._publish, message=message, reply_to=reply_to),
-                    deadline,
-                )
             yield self._replies(owner, inbox, correlation_id, deadline)
         finally:
             owner.submit(

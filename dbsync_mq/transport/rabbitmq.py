@@ -214,8 +214,8 @@ def close_quietly(connection: pika.BlockingConnection | None) -> None:
     try:
         if connection.is_open:
             connection.close()
-    except (pika.exceptions.AMQPError, OSError):
-        pass
+    except Exception:  # a broken connection raises anything; it is being dropped anyway
+        logger.debug("closing a broken connection", exc_info=True)
 
 
 class Consumer:
