@@ -75,7 +75,7 @@ class NodeChannel:
         the changes would make a message larger than ``max_message_bytes``."""
         room = self.max_message_bytes - ENVELOPE_ROOM - len(codec.encode(extra_data or {}))
         try:
-            parts = encode_parts(changes, room)
+            parts = encode_parts(changes, room, MAX_MESSAGE_BYTES - (self.max_message_bytes - room))
         except ChangeTooLarge as exc:
             row = [(exc.change.table, exc.change.key)]
             raise PushRejected("row-too-large", str(exc), row) from None

@@ -60,6 +60,8 @@ class ServerSettings:
     request_window_seconds: float = REQUEST_WINDOW_SECONDS
     pull_chunk_changes: int = PULL_CHUNK_CHANGES
     repair_chunk_rows: int = REPAIR_CHUNK_ROWS
+    reply_bytes: int = PUBLISH_LIMIT_BYTES
+    """Largest reply published: pull and repair chunks are cut to fit."""
 
 
 @dataclass(frozen=True)

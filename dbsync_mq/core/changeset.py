@@ -79,11 +79,14 @@ _SAMPLE: Final = 512
 """Changes encoded first to estimate how many fit in a part."""
 
 
-def encode_parts(changes: Sequence[Change], max_bytes: int) -> list[bytes]:
+def encode_parts(
+    changes: Sequence[Change], max_bytes: int, hard_limit: int = MAX_MESSAGE_BYTES
+) -> list[bytes]:
     """``changes`` packed in consecutive parts of at most ``max_bytes`` each, in order.
 
     Sized from a sample, then halved wherever a part came out too large. A single
-    change larger than ``max_bytes`` raises ``ChangeTooLarge``.
+    change larger than ``max_bytes`` travels alone, up to ``hard_limit`` (what a
+    message may hold at all); beyond, it raises ``ChangeTooLarge``.
     """
     if not changes:
         return [encode_changes(())]
@@ -92,18 +95,22 @@ def encode_parts(changes: Sequence[Change], max_bytes: int) -> list[bytes]:
     size = max(1, int(max_bytes * 0.9 / per_change))
     parts: list[bytes] = []
     for start in range(0, len(changes), size):
-        parts.extend(_fitted(changes[start : start + size], max_bytes))
+        parts.extend(_fitted(changes[start : start + size], max_bytes, hard_limit))
     return parts
 
 
-def _fitted(changes: Sequence[Change], max_bytes: int) -> list[bytes]:
+def _fitted(changes: Sequence[Change], max_bytes: int, hard_limit: int) -> list[bytes]:
     packed = encode_changes(changes)
     if len(packed) <= max_bytes:
         return [packed]
     if len(changes) == 1:
-        raise ChangeTooLarge(changes[0], len(packed), max_bytes)
+        if len(packed) <= hard_limit:
+            return [packed]
+        raise ChangeTooLarge(changes[0], len(packed), hard_limit)
     middle = len(changes) // 2
-    return _fitted(changes[:middle], max_bytes) + _fitted(changes[middle:], max_bytes)
+    return _fitted(changes[:middle], max_bytes, hard_limit) + _fitted(
+        changes[middle:], max_bytes, hard_limit
+    )
 
 
 class ChangeTooLarge(CodecError):

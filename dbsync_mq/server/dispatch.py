@@ -276,7 +276,7 @@ class Server:
             data = read_pull(
                 connection, self.models, request.node_id, request.body["since"], deleted
             )
-        bodies = pull_bodies(data, self.settings.pull_chunk_changes)
+        bodies = pull_bodies(data, self.settings.pull_chunk_changes, self.settings.reply_bytes)
         return Outcome(
             "ack", self._chunks(request, bodies), kind=request.kind, request_id=request.request_id
         )
@@ -292,7 +292,9 @@ class Server:
 
     def _repair(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
         self._check_window(request)
-        bodies = snapshot_bodies(self.engine, self.models, self.settings.repair_chunk_rows)
+        bodies = snapshot_bodies(
+            self.engine, self.models, self.settings.repair_chunk_rows, self.settings.reply_bytes
+        )
         return Outcome(
             "ack", self._chunks(request, bodies), kind=request.kind, request_id=request.request_id
         )

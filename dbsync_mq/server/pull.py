@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dbsync_mq.core.changeset import encode_changes, iter_changes
+from dbsync_mq.core.changeset import encode_changes, encode_parts, iter_changes
 from dbsync_mq.core.compression import compress_remote
 from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
@@ -24,6 +24,9 @@ from dbsync_mq.server import state
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import batches, read_row_keys
 from dbsync_mq.storage.models import ModelSet
+
+REPLY_ROOM: Final = 64 * 1024
+"""Bytes of a reply left for its envelope and the node's own versions."""
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,20 @@ def referenced_rows(
     return [Change(table, key, INSERT, 0, row) for (table, key), row in found.items()]
 
 
-def pull_bodies(data: PullData, chunk_changes: int) -> Iterator[dict[str, Any]]:
-    """Reply bodies of at most ``chunk_changes`` changes each; at least one."""
-    chunks = list(batches(data.changes, chunk_changes)) or [[]]
+def pull_bodies(data: PullData, chunk_changes: int, max_bytes: int) -> Iterator[dict[str, Any]]:
+    """Reply bodies of at most ``chunk_changes`` changes and about ``max_bytes`` each
+    (``REPLY_ROOM`` is left for the rest of the reply); at least one."""
+    room = max_bytes - REPLY_ROOM - len(encode_changes(data.parents))
+    chunks = [
+        packed
+        for batch in batches(data.changes, chunk_changes)
+        for packed in encode_parts(batch, room)
+    ] or [encode_changes([])]
     for index, chunk in enumerate(chunks):
         last = index == len(chunks) - 1
         yield {
             "version": data.version,
-            "changes": encode_changes(chunk),
+            "changes": chunk,
             "versions": data.own_versions if last else [],
             "parents": encode_changes(data.parents if last else []),
         }

@@ -8,21 +8,27 @@ and never held in memory whole: rows are fetched and sent a chunk at a time.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dbsync_mq.core.changeset import encode_changes
+from dbsync_mq.core.changeset import encode_changes, encode_parts
 from dbsync_mq.core.model import INSERT, Change
 from dbsync_mq.server import state
 from dbsync_mq.storage.engine import database_errors
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.values import wire_row
 
+REPLY_ROOM: Final = 4 * 1024
+"""Bytes of a reply left for its envelope and the other fields."""
 
-def snapshot_bodies(engine: Engine, models: ModelSet, chunk_rows: int) -> Iterator[dict[str, Any]]:
-    """Reply bodies: ``{version, table, rows, total}`` per chunk; at least one."""
+
+def snapshot_bodies(
+    engine: Engine, models: ModelSet, chunk_rows: int, max_bytes: int
+) -> Iterator[dict[str, Any]]:
+    """Reply bodies: ``{version, table, rows, total}`` per chunk of at most ``chunk_rows``
+    rows and about ``max_bytes``; at least one."""
     with database_errors(), engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
@@ -32,7 +38,7 @@ def snapshot_bodies(engine: Engine, models: ModelSet, chunk_rows: int) -> Iterat
             for model in models:
                 if not model.pulled:
                     continue
-                for body in _table_chunks(connection, model, chunk_rows):
+                for body in _table_chunks(connection, model, chunk_rows, max_bytes - REPLY_ROOM):
                     sent = True
                     yield {"version": version, **body}
             if not sent:
@@ -40,7 +46,7 @@ def snapshot_bodies(engine: Engine, models: ModelSet, chunk_rows: int) -> Iterat
 
 
 def _table_chunks(
-    connection: Connection, model: TrackedModel, chunk_rows: int
+    connection: Connection, model: TrackedModel, chunk_rows: int, max_bytes: int
 ) -> Iterator[dict[str, Any]]:
     table = model.table
     total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
@@ -53,4 +59,5 @@ def _table_chunks(
         for row in partition:
             values = wire_row(table, row)
             changes.append(Change(model.name, model.key_of(values), INSERT, 0, values))
-        yield {"table": model.name, "rows": encode_changes(changes), "total": total}
+        for packed in encode_parts(changes, max_bytes):
+            yield {"table": model.name, "rows": packed, "total": total}

@@ -13,7 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbsync_mq.core import codec
-from dbsync_mq.core.changeset import decode_changes, encode_changes
+from dbsync_mq.core.changeset import (
+    ChangeTooLarge,
+    decode_changes,
+    encode_changes,
+    encode_parts,
+)
 from dbsync_mq.core.model import COMMANDS, DELETE, INSERT, UPDATE, Change
 from dbsync_mq.errors import ProtocolError
 from tests.allocation import traced_allocations
@@ -385,3 +390,40 @@ def test_a_malformed_row_is_refused_before_the_rows_after_it_are_decoded() -> No
     # Then the first bad row is the one refused
     with pytest.raises(ProtocolError, match="unknown command"):
         decode_changes(data)
+
+
+# --- parts ---------------------------------------------------------------------------------
+
+
+def _wide_rows(count: int, width: int = 100) -> list[Change]:
+    import os
+
+    return [
+        Change("city", key, "i", key, {"id": key, "name": os.urandom(width // 2).hex()})
+        for key in range(1, count + 1)
+    ]
+
+
+def test_changes_are_packed_in_parts_no_larger_than_asked_and_in_order():
+    changes = _wide_rows(3000)
+
+    parts = encode_parts(changes, 40_000)
+
+    assert len(parts) > 5
+    assert all(len(part) <= 40_000 for part in parts)
+    assert [c for part in parts for c in decode_changes(part)] == changes
+
+
+def test_a_change_larger_than_a_part_travels_alone_up_to_the_hard_limit():
+    changes = [*_wide_rows(10), *_wide_rows(1, width=10_000)]
+
+    parts = encode_parts(changes, 2_000, hard_limit=20_000)
+
+    assert decode_changes(parts[-1]) == changes[-1:]
+    with pytest.raises(ChangeTooLarge) as raised:
+        encode_parts(changes, 2_000, hard_limit=5_000)
+    assert raised.value.change == changes[-1]
+
+
+def test_no_changes_are_one_empty_part():
+    assert [decode_changes(part) for part in encode_parts([], 1000)] == [[]]
