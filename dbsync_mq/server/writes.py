@@ -76,10 +76,13 @@ class VersionWriter:
         """One change per row, from the row as it is now: what the transaction left."""
         first: dict[RowKey, Command] = {}
         columns: dict[RowKey, set[str]] = {}
+        whole: set[RowKey] = set()  # deleted and inserted again: every column changed
         for write in writes:
             row_key = (write.table, write.key)
             first.setdefault(row_key, write.command)
             columns.setdefault(row_key, set()).update(write.columns)
+            if write.command != UPDATE or not write.columns:
+                whole.add(row_key)
         current = read_row_keys(connection, self.models, first)
         hlc = self.hlc.tick(int(self._clock() * 1000))
         changes = []
@@ -93,7 +96,8 @@ class VersionWriter:
             if command == INSERT:
                 changes.append(Change(table, key, INSERT, hlc, row, extensions=extensions))
             else:
-                clocks = dict.fromkeys(columns[table, key] or set(row), hlc)
+                changed = set(row) if (table, key) in whole else columns[table, key]
+                clocks = dict.fromkeys(changed, hlc)
                 changes.append(Change(table, key, UPDATE, hlc, row, clocks, extensions))
         return changes
 
