@@ -107,14 +107,17 @@ def _forget(connection: Connection) -> None:
     connection.info.pop(_LOCKED, None)
 
 
-def install(engine: Engine, models: Iterable[type] | None = None) -> VersionWriter:
+def install(
+    engine: Engine, models: Iterable[type] | None = None, *, clock: Callable[[], float] = time.time
+) -> VersionWriter:
     """Make ORM writes to tracked models through ``engine`` into versions nodes pull.
 
     ``models`` defaults to every tracked model. Writes that bypass the ORM (raw
-    SQL) are not seen. Returns the capture (its clock is used for the stamps).
+    SQL) are not seen. ``clock`` (seconds, like ``time.time``) stamps the
+    changes. Returns the capture.
     """
     prepare(engine, foreign_keys=True)
-    writer = VersionWriter(ModelSet.of(models))
+    writer = VersionWriter(ModelSet.of(models), clock)
     tracking.attach(engine, writer)
     if not event.contains(engine, "commit", _forget):
         event.listen(engine, "commit", _forget)
