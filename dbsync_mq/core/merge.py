@@ -98,7 +98,8 @@ class Conflict:
     lost: Row | None = None
     """The values that did not survive (``None`` when nothing was lost)."""
     new_key: Key | None = None
-    """Where the local row moved, for insert collisions of integer keys."""
+    """Where the local row moved: on an insert collision of its integer key, or with
+    the moved row its composite key holds."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ class _Planner:
         elif remote.command == DELETE and local.command == DELETE:
             self.plan.log_drop.add(remote.row_key)
         else:
-            # Both inserted a key that cannot move: two versions of one row.
+            # Both changed the row; or both inserted a key that cannot move (the
+            # integer keys moved already): two versions of one row all the same.
             kind: ConflictKind = "insert" if local.command == INSERT else "direct"
             self._direct(local, remote, kind)
 
