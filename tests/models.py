@@ -206,4 +206,5 @@ class Receipt(Base):
 
 
 PURCHASES = (Purchase, PurchaseLine, Parcel, Delivery, PurchaseTag, Receipt)
-"""Synchronized like SYNCED, by the nodes that list them in their models."""
+"""Synchronized like SYNCED; compared by the tests that write them."""
+TRACKED = (*TRACKED, *PURCHASES)  # every tracked model of this module has its table on nodes

@@ -67,7 +67,6 @@ from tests.integration.purchases import Author, Journal
 from tests.models import (
     PURCHASES,
     SYNCED,
-    TRACKED,
     Category,
     City,
     CityTag,
@@ -83,7 +82,6 @@ EXAMPLES = int(os.environ.get("DBSYNC_CONVERGENCE_EXAMPLES", "100"))
 NODES = 3
 NAMES = ["Lima", "Quito", "Cusco", "Tacna"]
 LABELS = ["red", "green", "blue"]
-MODELS = (*TRACKED, *PURCHASES)
 COMPARED = (*SYNCED, *PURCHASES)
 
 
@@ -338,7 +336,7 @@ def cluster(make_node, worker, server_url):
     server = sa.create_engine(server_url)
     clock = TickingClock()
     dbsync_mq.server.install(server, clock=clock)  # an admin writes on the server too
-    nodes = [make_node(f"n{i}", clock=clock, models=MODELS) for i in range(NODES)]
+    nodes = [make_node(f"n{i}", clock=clock) for i in range(NODES)]
     yield server, nodes, clock
     dbsync_mq.server.uninstall(server)
     server.dispose()

@@ -18,7 +18,6 @@ from tests.conftest import table_rows
 from tests.models import (
     PURCHASES,
     SYNCED,
-    TRACKED,
     City,
     Delivery,
     Parcel,
@@ -31,7 +30,6 @@ from tests.models import (
 
 pytestmark = pytest.mark.broker
 
-MODELS = (*TRACKED, *PURCHASES)
 ORDERS = {"parent-first": False, "parent-last": True}
 
 
@@ -151,7 +149,7 @@ def test_rows_two_nodes_inserted_offline_under_the_same_keys_all_survive(
 ):
     insert, read, expected = FAMILIES[family]
     # Given two nodes that each insert a parent and its children, with the same keys
-    a, b = make_node("a", models=MODELS), make_node("b", models=MODELS)
+    a, b = make_node("a"), make_node("b")
     for node, name in ((a, "a"), (b, "b")):
         with Session(node.engine) as session:
             insert(session, name, parent_last)
@@ -191,7 +189,7 @@ def test_two_nodes_inserting_the_same_composite_key_merge_it_as_one_row(
     make_node, worker, server_url, policy
 ):
     # Given a purchase both nodes have, tagged offline on each with the same label
-    a, b = make_node("a", models=MODELS), make_node("b", models=MODELS, conflict_policy=policy)
+    a, b = make_node("a"), make_node("b", conflict_policy=policy)
     key = _shared_purchase(a, b)
     for node in (a, b):
         with Session(node.engine) as session:
@@ -208,7 +206,7 @@ def test_two_nodes_inserting_the_same_composite_key_merge_it_as_one_row(
 
 def test_two_nodes_inserting_the_same_uuid_merge_it_as_one_row(make_node, worker, server_url):
     # Given a purchase both nodes have, and a receipt inserted on each with the same UUID
-    a, b = make_node("a", models=MODELS), make_node("b", models=MODELS)
+    a, b = make_node("a"), make_node("b")
     key = _shared_purchase(a, b)
     same = uuid.uuid4()
     for node, name in ((a, "a"), (b, "b")):
@@ -232,7 +230,7 @@ def test_concurrent_updates_of_different_columns_of_one_row_keep_both(
     make_node, worker, server_url, policy
 ):
     # Given a city both nodes have
-    a, b = make_node("a", models=MODELS), make_node("b", models=MODELS, conflict_policy=policy)
+    a, b = make_node("a"), make_node("b", conflict_policy=policy)
     with Session(a.engine) as session:
         session.add(City(name="Lima", population=1))
         session.commit()
@@ -257,7 +255,7 @@ def test_a_nodes_own_earlier_change_is_not_the_servers_change_to_that_column(
     make_node, worker, server_url, policy
 ):
     # Given a purchase both nodes have, and an unrelated version a has not pulled
-    a, b = make_node("a", models=MODELS, conflict_policy=policy), make_node("b", models=MODELS)
+    a, b = make_node("a", conflict_policy=policy), make_node("b")
     _shared_purchase(a, b)
     with Session(b.engine) as session:
         session.add(City(name="elsewhere"))
@@ -290,7 +288,7 @@ def test_a_row_a_node_inserted_and_another_deleted_is_deleted_on_the_first_node_
     make_node, worker, server_url
 ):
     # Given a node whose insert was applied on top of a version it had not pulled
-    a, b = make_node("a", models=MODELS), make_node("b", models=MODELS)
+    a, b = make_node("a"), make_node("b")
     with Session(b.engine) as session:
         session.add(City(name="elsewhere"))
         session.commit()
