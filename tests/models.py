@@ -122,3 +122,89 @@ class Untracked(Base):
 TRACKED = (City, Person, Tag, CityTag, Category, Note, Country, Reading)
 SYNCED = (City, Person, Tag, CityTag, Category, Note)
 """The models whose tables every node must hold equal to the server's."""
+
+
+# --- Purchases: parents, children and grandchildren that nodes insert offline -------------
+# Their integer keys collide between nodes; Delivery and Parcel carry a unique column;
+# PurchaseTag has a composite key holding its parent's key; Receipt has a UUID key.
+# Parcel is declared before the table it references.
+
+
+@dbsync_mq.track
+class Purchase(Base):
+    """A parent row: nodes insert it offline and update its columns concurrently."""
+
+    __tablename__ = "purchase"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    marker: Mapped[str] = mapped_column(sa.String(40))
+    status: Mapped[str] = mapped_column(sa.String(40), default="new")
+    notes: Mapped[str] = mapped_column(sa.String(40), default="")
+
+
+@dbsync_mq.track
+class Parcel(Base):
+    """A grandchild (of a purchase, through its line), with a unique column."""
+
+    __tablename__ = "parcel"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(sa.ForeignKey("purchase_line.id"))
+    marker: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    weight: Mapped[int] = mapped_column(default=0)
+
+
+@dbsync_mq.track
+class PurchaseLine(Base):
+    """A child without a unique column."""
+
+    __tablename__ = "purchase_line"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(sa.ForeignKey("purchase.id"))
+    marker: Mapped[str] = mapped_column(sa.String(40))
+    quantity: Mapped[int] = mapped_column(default=1)
+
+
+@dbsync_mq.track
+class Delivery(Base):
+    """A child with a unique column."""
+
+    __tablename__ = "delivery"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(sa.ForeignKey("purchase.id"))
+    marker: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    carrier: Mapped[str] = mapped_column(sa.String(40), default="")
+
+
+@dbsync_mq.track
+class PurchaseTag(Base):
+    """An association row with a composite key, part of which is its purchase's key."""
+
+    __tablename__ = "purchase_tag"
+
+    purchase_id: Mapped[int] = mapped_column(sa.ForeignKey("purchase.id"), primary_key=True)
+    label: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    note: Mapped[str] = mapped_column(sa.String(40), default="")
+
+
+@dbsync_mq.track
+class Receipt(Base):
+    """A child with a UUID key."""
+
+    __tablename__ = "receipt"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    purchase_id: Mapped[int] = mapped_column(sa.ForeignKey("purchase.id"))
+    marker: Mapped[str] = mapped_column(sa.String(40))
+    amount: Mapped[int] = mapped_column(default=0)
+
+
+PURCHASES = (Purchase, PurchaseLine, Parcel, Delivery, PurchaseTag, Receipt)
+"""Synchronized like SYNCED; compared by the tests that write them."""
+TRACKED = (*TRACKED, *PURCHASES)  # every tracked model of this module has its table on nodes

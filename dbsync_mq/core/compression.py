@@ -16,6 +16,13 @@ last command of each row::
     first i, last d  -> nothing      first u or d, last d -> d
     first i          -> i            first u, last not d  -> u
                                      first d, last not d  -> u
+
+An update's clocks name the columns it changed; an update without clocks
+changed every column (its columns are unknown, or the row was inserted again).
+A compressed remote update names every column written since the node's version,
+and every column of a row inserted or deleted in between. What the pulling node
+wrote itself is not news to it (``compress_pull``): a row it wrote last is left
+out, a column it wrote last is not named, and a row it inserted is no insert to it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ class _LocalRow:
     hlc: int
     last_order: int
     clocks: dict[str, int] = field(default_factory=dict)
+    whole: bool = False
+    """Every column changed: the row was inserted again, or an update named no column."""
 
 
 @dataclass(slots=True)
@@ -51,6 +60,38 @@ class _RemoteRow:
     clocks: dict[str, int] = field(default_factory=dict)
     values: Row | None = None
     extensions: dict[str, Any] | None = None
+    last_own: bool = False
+    whole_hlc: int | None = None
+    """Stamp of the last write of the whole row (insert, delete, update of unknown columns)."""
+    whole_own: bool = False
+    own: dict[str, bool] = field(default_factory=dict)
+    """Whether the pulling node wrote each column last, since the last whole write."""
+
+    def write(self, change: Change, own: bool) -> None:
+        self.last, self.last_own = change.command, own
+        self.hlc = max(self.hlc, change.hlc)
+        if change.values is not None:
+            self.values = change.values
+        if change.extensions:
+            self.extensions = {**(self.extensions or {}), **change.extensions}
+        _merge_clocks(self.clocks, change.clocks)
+        if change.command == UPDATE and change.clocks:
+            self.own.update(dict.fromkeys(change.clocks, own))
+        else:
+            self.whole_hlc, self.whole_own = change.hlc, own
+            self.own.clear()
+
+    def changed_columns(self) -> dict[str, int]:
+        """The columns others wrote last, with their stamps."""
+        stamps: dict[str, int] = {}
+        if self.whole_hlc is not None and not self.whole_own:
+            stamps = dict.fromkeys(self.values or (), self.whole_hlc)
+        for column, own in self.own.items():
+            if own:
+                stamps.pop(column, None)
+            else:
+                stamps[column] = max(self.clocks[column], stamps.get(column, -1))
+        return stamps
 
 
 def _merge_clocks(into: dict[str, int], clocks: Mapping[str, int]) -> None:
@@ -92,42 +133,46 @@ def compress_local(operations: Iterable[Operation]) -> list[Change]:
         if row is None:
             rows[op.row_key] = row = _LocalRow(op.command, op.hlc, op.order)
         else:
-            row.state = _next_local_state(op.row_key, row.state, op.command)
+            state = _next_local_state(op.row_key, row.state, op.command)
+            row.whole |= op.command == INSERT and state == UPDATE
+            row.state = state
             row.hlc = max(row.hlc, op.hlc)
             row.last_order = op.order
         if op.command == UPDATE:
+            row.whole |= not op.columns
             _merge_clocks(row.clocks, dict.fromkeys(op.columns, op.hlc))
     compressed = []
     for (table, key), row in sorted(rows.items(), key=lambda item: item[1].last_order):
         if row.state == _GONE:
             continue
-        clocks = row.clocks if row.state == UPDATE else {}
+        # An update without clocks changed every column.
+        clocks = row.clocks if row.state == UPDATE and not row.whole else {}
         compressed.append(Change(table, key, row.state, row.hlc, clocks=clocks))
     return compressed
 
 
 def compress_remote(changes: Iterable[Change]) -> list[Change]:
     """Compress the server's changes, in version order, to one change per row."""
+    return compress_pull((change, False) for change in changes)
+
+
+def compress_pull(changes: Iterable[tuple[Change, bool]]) -> list[Change]:
+    """Compress the changes a node pulls, in version order, each paired with whether
+    the node itself wrote it, to one change per row of what others wrote."""
     rows: dict[RowKey, _RemoteRow] = {}
-    for change in changes:
+    for change, own in changes:
         row = rows.get(change.row_key)
         if row is None:
-            rows[change.row_key] = row = _RemoteRow(change.command, change.command, change.hlc)
-        row.last = change.command
-        row.hlc = max(row.hlc, change.hlc)
-        if change.values is not None:
-            row.values = change.values
-        if change.extensions:
-            row.extensions = {**(row.extensions or {}), **change.extensions}
-        _merge_clocks(row.clocks, change.clocks)
+            # A row the node inserted itself is no new row to it.
+            first = UPDATE if own and change.command == INSERT else change.command
+            rows[change.row_key] = row = _RemoteRow(first, first, change.hlc)
+        row.write(change, own)
     result = []
     for (table, key), row in rows.items():
         command = _remote_command(row.first, row.last)
-        if command is None:
+        if command is None or row.last_own:
             continue
-        clocks = row.clocks
-        if command == UPDATE and row.first == DELETE and row.values is not None:
-            clocks = dict.fromkeys(row.values, row.hlc)
+        clocks = row.changed_columns() if command == UPDATE else row.clocks
         values = None if command == DELETE else row.values
         extensions = None if command == DELETE else row.extensions
         result.append(Change(table, key, command, row.hlc, values, clocks, extensions))

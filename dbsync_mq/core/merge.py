@@ -11,19 +11,29 @@ Conflicts, over changes compressed to one per row:
 - **reversed dependency**: a remote row references a row deleted locally;
 - **insert**: both sides inserted the same primary key.
 
-Resolution. A direct conflict is settled by the policy:
+Resolution. A direct conflict between two updates is merged column by column:
+a column changed on one side only keeps that side's value; a column changed on
+both sides is settled by the policy:
 
-- ``"node-wins"`` (the default): the local state stays, except that a delete
-  never beats an update: the deleted row comes back;
-- ``"server-wins"``: the remote state replaces the local one;
-- ``"last-writer-wins"``: per column, the later hybrid-clock stamp wins; a
-  delete wins against an update only if it is later than every updated column;
-- a callable: gets a ``ConflictCase`` and returns the row to keep (or ``None``
-  to delete it).
+- ``"node-wins"`` (the default): the local value;
+- ``"server-wins"``: the remote value;
+- ``"last-writer-wins"``: the value with the later hybrid-clock stamp (ties to
+  the server).
+
+Each side's changed columns are those its clocks name (``Change.clocks``): every
+column for an insert, and for an update whose columns are unknown. A delete
+against an update is settled for the whole row: ``"node-wins"`` and
+``"server-wins"`` never let a delete beat an update (the deleted row comes
+back), except that ``"server-wins"`` keeps the server's delete of a row the node
+updated; ``"last-writer-wins"`` lets a delete win only if it is later than every
+updated column. A callable gets a ``ConflictCase`` (both rows and both sets of
+changed columns) and returns the row to keep (or ``None`` to delete it).
 
 Dependency conflicts always keep the referenced row (the alternative loses the
-row that references it); insert collisions move the *local* row to a fresh key,
-and the local rows that reference it follow, so the server's row keeps its key.
+row that references it). Insert collisions of integer keys move the *local* row
+to a fresh key, and the local rows that reference it follow, so the server's
+row keeps its key (``dbsync_mq.core.collisions``); two inserts of a key that
+cannot move (composite, UUID) are two versions of one row, merged as above.
 Unique values swapped by the remote side are written by deleting and
 re-inserting the rows involved; a local row holding a value a remote row needs
 is a clash the application must settle: ``UniqueConstraintError``.
@@ -36,6 +46,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dbsync_mq.core.collisions import Rekey, move_collisions
 from dbsync_mq.core.model import (
     DELETE,
     INSERT,
@@ -43,7 +54,6 @@ from dbsync_mq.core.model import (
     Change,
     Command,
     Key,
-    Reference,
     Row,
     RowKey,
     Schema,
@@ -60,12 +70,17 @@ class ConflictCase:
     """A direct conflict, as a conflict-policy callable sees it.
 
     ``local`` and ``remote`` are the row on each side, ``None`` where it was deleted.
+    ``local_changed`` and ``remote_changed`` name the columns each side changed:
+    every column of an insert (or of an update whose columns are unknown), none
+    of a delete. A column changed on one side only is that side's to keep.
     """
 
     table: str
     key: Key
     local: Row | None
     remote: Row | None
+    local_changed: frozenset[str] = frozenset()
+    remote_changed: frozenset[str] = frozenset()
 
 
 Resolver = Callable[[ConflictCase], Row | None]
@@ -83,7 +98,8 @@ class Conflict:
     lost: Row | None = None
     """The values that did not survive (``None`` when nothing was lost)."""
     new_key: Key | None = None
-    """Where the local row moved, for insert collisions."""
+    """Where the local row moved: on an insert collision of its integer key, or with
+    the moved row its composite key holds."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +111,6 @@ class LogEntry:
     command: Command
     columns: frozenset[str] = frozenset()
     hlc: int | None = None
-
-
-@dataclass(frozen=True)
-class Rekey:
-    """Move a local row (and its log entries) from ``old`` to ``new``."""
-
-    table: str
-    old: Key
-    new: Key
 
 
 @dataclass(frozen=True)
@@ -172,15 +179,31 @@ class _Planner:
         self.remote = {change.row_key: change for change in data.remote}
         self.rows: dict[RowKey, Row] = dict(data.local_rows)
         self.exists: set[RowKey] = set(data.existing) | set(data.local_rows)
-        self.allocated: dict[str, int] = {}
-        self._children: dict[tuple[Reference, Key], list[RowKey]] | None = None
 
     def run(self) -> None:
         for change in self.data.remote:
             self.plan.max_hlc = max(self.plan.max_hlc, change.hlc, *change.clocks.values())
+        self._move_collisions()
+        for change in self.data.remote:
             self._merge_row(change)
         _Integrity(self).restore()
         _check_unique(self)
+
+    def _move_collisions(self) -> None:
+        moves = move_collisions(
+            self.schema, self.local, self.remote, self.rows, self.data.next_keys
+        )
+        for rekey in moves.rekeys:
+            old, new = (rekey.table, rekey.old), (rekey.table, rekey.new)
+            if old in self.exists:
+                self.exists.discard(old)
+                self.exists.add(new)
+            self.plan.conflicts.append(
+                Conflict("insert", rekey.table, rekey.old, "both", new_key=rekey.new)
+            )
+        self.plan.rekeys = moves.rekeys
+        self.plan.updates.update(moves.rewritten)
+        self.local, self.rows = moves.local, moves.rows
 
     # --- one row ----------------------------------------------------------------
 
@@ -188,14 +211,15 @@ class _Planner:
         local = self.local.get(remote.row_key)
         if local is None:
             self.apply_remote(remote)
-        elif local.command == INSERT:
-            if remote.command == DELETE:
-                return  # the server deleted an earlier row with this key; ours is new
-            self._collide(remote)
+        elif local.command == INSERT and remote.command == DELETE:
+            return  # the server deleted an earlier row with this key; ours is new
         elif remote.command == DELETE and local.command == DELETE:
             self.plan.log_drop.add(remote.row_key)
         else:
-            self._direct(local, remote)
+            # Both changed the row; or both inserted a key that cannot move (the
+            # integer keys moved already): two versions of one row all the same.
+            kind: ConflictKind = "insert" if local.command == INSERT else "direct"
+            self._direct(local, remote, kind)
 
     def apply_remote(self, remote: Change) -> None:
         key = remote.row_key
@@ -207,104 +231,81 @@ class _Planner:
         else:
             self.plan.inserts[key] = remote.values or {}
 
-    # --- insert collisions --------------------------------------------------------
-
-    def _collide(self, remote: Change) -> None:
-        table, old = remote.row_key
-        shape = self.schema.tables[table]
-        if not shape.integer_key:
-            raise MergeError(
-                f"{table}: a local row and a remote row were both inserted with key {old!r}; "
-                "only integer keys can be moved (use UUID keys to avoid collisions)"
-            )
-        new = self._fresh_key(table)
-        self.plan.rekeys.append(Rekey(table, old, new))
-        moved = self.rows.pop(remote.row_key, None)
-        self.exists.discard(remote.row_key)
-        if moved is not None:
-            self.rows[table, new] = {**moved, shape.key_columns[0]: new}
-            self.exists.add((table, new))
-        self.local[table, new] = Change(table, new, INSERT, self.local[remote.row_key].hlc)
-        del self.local[remote.row_key]
-        self._follow_rekey(table, old, new)
-        self.plan.inserts[remote.row_key] = remote.values or {}
-        self.plan.conflicts.append(Conflict("insert", table, old, "both", new_key=new))
-
-    def _fresh_key(self, table: str) -> int:
-        if table not in self.allocated:
-            remote_keys = (k for (t, k) in self.remote if t == table and isinstance(k, int))
-            self.allocated[table] = max(self.data.next_keys.get(table, 1) - 1, *remote_keys, 0)
-        self.allocated[table] += 1
-        return self.allocated[table]
-
-    def _follow_rekey(self, table: str, old: Key, new: Key) -> None:
-        """Point local rows that referenced the moved row at its new key."""
-        for ref in self.schema.references_to(table):
-            for row_key in self._children_of(ref, old):
-                row = {**self.rows[row_key], ref.columns[0]: new}
-                self.rows[row_key] = row
-                self.plan.updates[row_key] = row
-                self.plan.log_add.append(
-                    LogEntry(ref.table, row_key[1], UPDATE, frozenset(ref.columns))
-                )
-
-    def _children_of(self, ref: Reference, parent: Key) -> list[RowKey]:
-        """Local changed rows referencing ``parent`` through ``ref`` (indexed once)."""
-        if self._children is None:
-            self._children = {}
-            for row_key in self.local:
-                row = self.rows.get(row_key)
-                if row is None:
-                    continue
-                for reference in self.schema.references_from(row_key[0]):
-                    target = reference.target(row)
-                    if target is not None:
-                        self._children.setdefault((reference, target), []).append(row_key)
-        return self._children.pop((ref, parent), [])
-
     # --- direct conflicts ---------------------------------------------------------
 
-    def _direct(self, local: Change, remote: Change) -> None:
+    def _direct(self, local: Change, remote: Change, kind: ConflictKind) -> None:
         key = remote.row_key
         local_row = None if local.command == DELETE else self.rows.get(key)
         remote_row = None if remote.command == DELETE else dict(remote.values or {})
-        final = self._resolve(local, remote, local_row, remote_row)
-        self._write_final(key, local, local_row, remote_row, final)
+        sides = _Sides(self._changed(local, local_row), self._changed(remote, remote_row))
+        final = self._resolve(key, local, remote, local_row, remote_row, sides)
+        self._write_final(key, local, (local_row, remote_row), final, sides.local)
         winner: Winner = (
             "local" if final == local_row else "remote" if final == remote_row else "merged"
         )
         lost = remote_row if winner == "local" else local_row if winner == "remote" else None
         if local_row != remote_row:
-            self.plan.conflicts.append(Conflict("direct", key[0], key[1], winner, lost))
+            self.plan.conflicts.append(Conflict(kind, key[0], key[1], winner, lost))
+
+    def _changed(self, change: Change, row: Row | None) -> dict[str, int]:
+        """The columns ``change`` wrote, with their stamps: every column of an insert
+        or of an update whose columns are unknown, none of a delete."""
+        if row is None:
+            return {}
+        if change.command == INSERT or not change.clocks:
+            keys = self.schema.tables[change.table].key_columns
+            return {column: change.hlc for column in row if column not in keys}
+        return dict(change.clocks)
 
     def _resolve(
-        self, local: Change, remote: Change, local_row: Row | None, remote_row: Row | None
+        self,
+        key: RowKey,
+        local: Change,
+        remote: Change,
+        local_row: Row | None,
+        remote_row: Row | None,
+        sides: _Sides,
     ) -> Row | None:
         if callable(self.policy):
-            return self.policy(ConflictCase(remote.table, remote.key, local_row, remote_row))
+            case = ConflictCase(
+                key[0],
+                key[1],
+                local_row,
+                remote_row,
+                frozenset(sides.local),
+                frozenset(sides.remote),
+            )
+            return self.policy(case)
+        if local_row is None or remote_row is None:
+            return self._delete_against_update(local, remote, local_row, remote_row)
+        return _merge_columns(local_row, remote_row, sides, self.policy)
+
+    def _delete_against_update(
+        self, local: Change, remote: Change, local_row: Row | None, remote_row: Row | None
+    ) -> Row | None:
         if self.policy == "last-writer-wins":
             return _last_writer(local, remote, local_row, remote_row)
-        if local_row is None or remote_row is None:
-            # A delete never beats an update, except where the server wins.
-            keep_local = local_row is not None and self.policy == "node-wins"
-            if self.policy == "server-wins":
-                return remote_row
-            return local_row if keep_local else remote_row
-        return dict(local_row) if self.policy == "node-wins" else remote_row
+        if self.policy == "server-wins":
+            return remote_row
+        # A delete never beats an update.
+        return local_row if local_row is not None else remote_row
 
     def _write_final(
         self,
         key: RowKey,
         local: Change,
-        local_row: Row | None,
-        remote_row: Row | None,
+        rows: tuple[Row | None, Row | None],
         final: Row | None,
+        stamps: Mapping[str, int],
     ) -> None:
+        """Write the row the conflict settled on; log what the server lacks of it."""
         table, row_key = key
+        local_row, remote_row = rows
         self.plan.log_drop.add(key)
         if final is None:
             if local_row is not None:
                 self.plan.deletes.add(key)
+                self.plan.updates.pop(key, None)
             if remote_row is not None:
                 self.plan.log_add.append(LogEntry(table, row_key, DELETE, hlc=local.hlc))
             self.rows.pop(key, None)
@@ -319,24 +320,42 @@ class _Planner:
             return
         differing = frozenset(c for c in final if final[c] != remote_row.get(c))
         for column in sorted(differing):
-            stamp = local.clocks.get(column)
-            self.plan.log_add.append(LogEntry(table, row_key, UPDATE, frozenset([column]), stamp))
+            entry = LogEntry(table, row_key, UPDATE, frozenset([column]), stamps.get(column))
+            self.plan.log_add.append(entry)
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """The columns each side of a direct conflict changed, with their stamps."""
+
+    local: Mapping[str, int]
+    remote: Mapping[str, int]
+
+
+def _merge_columns(local_row: Row, remote_row: Row, sides: _Sides, policy: str) -> Row:
+    """The remote row, with each column the node changed alone, and each column both
+    sides changed that the policy gives to the node, taken from the local row."""
+    merged = dict(remote_row)
+    for column, stamp in sides.local.items():
+        if column not in local_row:
+            continue
+        theirs = sides.remote.get(column)
+        if (
+            theirs is None
+            or policy == "node-wins"
+            or (policy == "last-writer-wins" and stamp > theirs)
+        ):
+            merged[column] = local_row[column]
+    return merged
 
 
 def _last_writer(
     local: Change, remote: Change, local_row: Row | None, remote_row: Row | None
 ) -> Row | None:
-    local_latest = max(local.clocks.values(), default=local.hlc)
-    remote_latest = max(remote.clocks.values(), default=remote.hlc)
+    """A delete against an update: the delete wins if it is later than every update."""
     if local_row is None:
-        return None if local.hlc > remote_latest else remote_row
-    if remote_row is None:
-        return None if remote.hlc >= local_latest else local_row
-    merged = dict(remote_row)
-    for column, stamp in local.clocks.items():
-        if stamp > remote.clocks.get(column, remote.hlc if remote.command == INSERT else -1):
-            merged[column] = local_row.get(column)
-    return merged
+        return None if local.hlc > max(remote.clocks.values(), default=remote.hlc) else remote_row
+    return None if remote.hlc >= max(local.clocks.values(), default=local.hlc) else local_row
 
 
 class _Integrity:
@@ -404,29 +423,27 @@ class _Integrity:
 def _check_unique(planner: _Planner) -> None:
     """Swaps become delete-and-insert; clashes with local rows abort the merge."""
     plan = planner.plan
+    moved = {(rekey.table, rekey.old) for rekey in plan.rekeys}
+    origin = {(rekey.table, rekey.new): rekey.old for rekey in plan.rekeys}
     clashes: list[tuple[Any, Key, tuple[str, ...]]] = []
     written = {**plan.updates, **plan.inserts}
     for key, row in written.items():
-        shape = planner.schema.tables[key[0]]
-        for columns in shape.unique:
+        # The key under which the local database holds this row's values now.
+        own = origin[key] if key in origin else None if key in moved else key[1]
+        for columns in planner.schema.tables[key[0]].unique:
             values = tuple(row.get(column) for column in columns)
             if any(value is None for value in values):
                 continue
             holder = planner.data.unique_holders.get((key[0], columns, values))
-            if holder is None or (holder == key[1] and not _moved_away(plan, key)):
+            if holder is None or holder == own:
                 continue
             holder_key = (key[0], holder)
-            if _releases(plan, written, holder_key, columns, values):
+            if holder_key not in moved and _releases(plan, written, holder_key, columns, values):
                 plan.deleted_first.update((key, holder_key))
             else:
                 clashes.append((key[0], holder, columns))
     if clashes:
         raise UniqueConstraintError(clashes)
-
-
-def _moved_away(plan: MergePlan, row: RowKey) -> bool:
-    """Whether the local row that had this key moved to a fresh key (insert collision)."""
-    return any(rekey.table == row[0] and rekey.old == row[1] for rekey in plan.rekeys)
 
 
 def _releases(
@@ -437,8 +454,6 @@ def _releases(
     values: tuple[Any, ...],
 ) -> bool:
     """Whether the merge takes ``values`` away from the row now holding them."""
-    if _moved_away(plan, holder):
-        return False
     if holder in plan.deletes:
         return True
     new_row = written.get(holder)

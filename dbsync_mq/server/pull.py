@@ -4,7 +4,8 @@ Versions store the packed changes of their push, each carrying the rows it
 wrote; the last change of a row in the range carries the row as it is now, so
 a pull never reads the application tables. Changes to push-only tables are left
 out: they never travel to clients; so are rows whose last change in the range
-was the pulling node's own push: it has them as they are.
+was the pulling node's own push: it has them as they are. Likewise a column the
+node wrote last is not among the columns an update tells it the server changed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.changeset import encode_changes, encode_parts, iter_changes
-from dbsync_mq.core.compression import compress_remote
+from dbsync_mq.core.compression import compress_pull
 from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
 from dbsync_mq.server import state
@@ -63,9 +64,8 @@ def read_pull(
         raise RequestRefused("malformed", "a version is never negative")
     own: list[list[Any]] = []
     pulled = {model.name for model in models if model.pulled}
-    last_writer: dict[RowKey, int | None] = {}
 
-    def changes() -> Iterator[Change]:
+    def changes() -> Iterator[tuple[Change, bool]]:
         v = schema.versions.c
         rows = connection.execute(
             sa.select(v.id, v.node_id, v.request_id, v.changes)
@@ -77,13 +77,9 @@ def read_pull(
                 own.append([row.id, row.request_id])
             for change in iter_changes(row.changes, trusted=True):
                 if change.table in pulled:
-                    last_writer[change.row_key] = row.node_id
-                    yield change
+                    yield change, row.node_id == node_id
 
-    # A row last written by the node itself is as the node already has it.
-    compressed = [
-        change for change in compress_remote(changes()) if last_writer[change.row_key] != node_id
-    ]
+    compressed = compress_pull(changes())
     parents = referenced_rows(connection, models, compressed, deleted or set())
     return PullData(version=head, changes=compressed, own_versions=own, parents=parents)
 

@@ -79,10 +79,13 @@ class VersionWriter:
         """One change per row, from the row as it is now: what the transaction left."""
         first: dict[RowKey, Command] = {}
         columns: dict[RowKey, set[str]] = {}
+        whole: set[RowKey] = set()  # deleted and inserted again: every column changed
         for write in writes:
             row_key = (write.table, write.key)
             first.setdefault(row_key, write.command)
             columns.setdefault(row_key, set()).update(write.columns)
+            if write.command != UPDATE or not write.columns:
+                whole.add(row_key)
         current = read_row_keys(connection, self.models, first)
         hlc = self.hlc.tick(int(self._clock() * 1000))
         changes = []
@@ -96,7 +99,8 @@ class VersionWriter:
             if command == INSERT:
                 changes.append(Change(table, key, INSERT, hlc, row, extensions=extensions))
             else:
-                clocks = dict.fromkeys(columns[table, key] or set(row), hlc)
+                changed = set(row) if (table, key) in whole else columns[table, key]
+                clocks = dict.fromkeys(changed, hlc)
                 changes.append(Change(table, key, UPDATE, hlc, row, clocks, extensions))
         return changes
 
@@ -106,14 +110,17 @@ def _forget(connection: Connection) -> None:
     connection.info.pop(_LOCKED, None)
 
 
-def install(engine: Engine, models: Iterable[type] | None = None) -> VersionWriter:
+def install(
+    engine: Engine, models: Iterable[type] | None = None, *, clock: Callable[[], float] = time.time
+) -> VersionWriter:
     """Make ORM writes to tracked models through ``engine`` into versions nodes pull.
 
     ``models`` defaults to every tracked model. Writes that bypass the ORM (raw
-    SQL) are not seen. Returns the capture (its clock is used for the stamps).
+    SQL) are not seen. ``clock`` (seconds, like ``time.time``) stamps the
+    changes. Returns the capture.
     """
     prepare(engine, foreign_keys=True)
-    writer = VersionWriter(ModelSet.of(models))
+    writer = VersionWriter(ModelSet.of(models), clock)
     tracking.attach(engine, writer)
     if not event.contains(engine, "commit", _forget):
         event.listen(engine, "commit", _forget)

@@ -17,8 +17,9 @@ from sqlalchemy.engine import Connection
 
 from dbsync_mq.core import codec
 from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.collisions import Rekey
 from dbsync_mq.core.compression import compress_local
-from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, Rekey, plan_merge
+from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, plan_merge
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
 from dbsync_mq.errors import UniqueConstraintError
 from dbsync_mq.storage import schema
@@ -126,12 +127,18 @@ def apply_plan(
 
 
 def _move_row(connection: Connection, model: TrackedModel, rekey: Rekey) -> None:
-    column = model.table.c[model.key_columns[0]]
-    connection.execute(model.table.update().where(column == rekey.old).values({column: rekey.new}))
-    if is_sqlite(connection) and sa.inspect(connection).has_table("sqlite_sequence"):
+    """Give a local row (and its log entries) its new key; composite keys move as a whole."""
+    columns = [model.table.c[name] for name in model.key_columns]
+    old = rekey.old if isinstance(rekey.old, tuple) else (rekey.old,)
+    new = rekey.new if isinstance(rekey.new, tuple) else (rekey.new,)
+    connection.execute(
+        model.table.update()
+        .where(*(column == value for column, value in zip(columns, old, strict=True)))
+        .values(dict(zip(columns, new, strict=True)))
+    )
+    if isinstance(rekey.new, int) and _sqlite_sequence(connection, model.name):
         connection.exec_driver_sql(
-            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
-            (rekey.new, model.name),
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (rekey.new, model.name)
         )
     rekey_operations(connection, model.name, rekey.old, rekey.new)
 

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 import dbsync_mq.server
 from dbsync_mq import PullRequired
+from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.model import UPDATE
 from dbsync_mq.storage import schema
 from tests.conftest import table_rows, write
 from tests.models import City, Country, Person, Reading
@@ -90,6 +92,27 @@ def test_server_side_updates_and_deletes_travel_as_changes(make_node, worker, se
     assert table_rows(node.engine) == table_rows(server_engine)
     assert table_rows(node.engine)["person"] == []
     assert table_rows(node.engine)["city"][0][2] == 99
+
+
+def test_a_server_side_row_deleted_and_inserted_again_changed_every_column(server_engine):
+    # Given a city, renamed, deleted and inserted again under its key in one transaction
+    write(server_engine, City(name="Lima", population=1))
+    with Session(server_engine) as session:
+        city = session.scalars(sa.select(City)).one()
+        city.name = "Lima2"
+        session.flush()
+        session.delete(city)
+        session.flush()
+        session.add(City(id=city.id, name="Lima3", population=5))
+        session.commit()
+
+    # Then the version names every column as changed, not just the renamed one
+    with server_engine.connect() as connection:
+        packed = connection.execute(
+            sa.select(schema.versions.c.changes).order_by(schema.versions.c.id.desc())
+        ).first()
+    (change,) = decode_changes(packed[0])
+    assert (change.command, set(change.clocks)) == (UPDATE, {"id", "name", "population"})
 
 
 def push_until_accepted(node, attempts: int = 50) -> None:

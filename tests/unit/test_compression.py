@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbsync_mq.core.compression import compress_local, compress_remote
+from dbsync_mq.core.compression import compress_local, compress_pull, compress_remote
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, Operation
 
 COMPRESSION_LOGGER = "dbsync_mq.core.compression"
@@ -104,6 +104,82 @@ def test_local_output_follows_the_log_order_not_the_order_operations_are_given_i
     keys = [change.key for change in compress_local([first, later_a, second])]
 
     assert keys == ["B", "A"]
+
+
+def test_a_local_update_after_a_delete_changed_every_column() -> None:
+    # Given a row deleted and inserted again (by raw SQL, say), then one column updated
+    operations = log(
+        ("city", 1, DELETE, 10, []), ("city", 1, INSERT, 11, []), ("city", 1, UPDATE, 12, ["name"])
+    )
+
+    # Then the node changed every column of the row: its update names none
+    assert compress_local(operations) == [Change("city", 1, UPDATE, 12)]
+
+
+def test_a_remote_update_after_a_delete_changed_every_column() -> None:
+    # Given a remote row updated, deleted, inserted again, and updated once more
+    row = {"id": 1, "name": "Quito", "population": 3}
+    changes = [
+        Change("city", 1, UPDATE, 4, row, {"name": 4}),
+        Change("city", 1, DELETE, 5),
+        Change("city", 1, INSERT, 6, row),
+        Change("city", 1, UPDATE, 8, row, {"name": 8}),
+    ]
+
+    # Then every column was changed since the node's version
+    (compressed,) = compress_remote(changes)
+    assert compressed.command == UPDATE
+    assert compressed.clocks == {"id": 6, "name": 8, "population": 6}
+
+
+# What the pulling node wrote itself
+
+
+def test_a_pull_names_only_the_columns_others_wrote_last() -> None:
+    # Given the node wrote the status, another node the notes and then the status again,
+    # and the node wrote the name after the other node had
+    row = {"id": 1, "name": "n", "status": "s", "notes": "x"}
+    changes = [
+        (Change("order", 1, UPDATE, 1, row, {"status": 1, "name": 1}), True),
+        (Change("order", 1, UPDATE, 2, row, {"notes": 2, "name": 2}), False),
+        (Change("order", 1, UPDATE, 3, row, {"name": 3}), True),
+        (Change("order", 1, UPDATE, 4, row, {"notes": 4}), False),
+    ]
+
+    # Then the update names the notes only: the status and the name are the node's own
+    assert compress_pull(changes) == [Change("order", 1, UPDATE, 4, row, {"notes": 4})]
+
+
+def test_a_pull_leaves_out_rows_the_node_wrote_last() -> None:
+    row = {"id": 1, "name": "n"}
+    changes = [
+        (Change("order", 1, INSERT, 1, row), False),
+        (Change("order", 1, UPDATE, 2, row, {"name": 2}), True),
+    ]
+
+    assert compress_pull(changes) == []
+
+
+def test_a_row_the_node_inserted_and_another_node_deleted_is_a_delete_to_it() -> None:
+    # Given the node's own insert in the range, then another node's delete
+    changes = [
+        (Change("order", 1, INSERT, 1, {"id": 1}), True),
+        (Change("order", 1, DELETE, 2), False),
+    ]
+
+    # Then the node must delete the row it has (to others, the row never existed)
+    assert compress_pull(changes) == [Change("order", 1, DELETE, 2)]
+    assert compress_remote(change for change, _own in changes) == []
+
+
+def test_a_row_the_node_inserted_and_another_node_updated_is_an_update_to_it() -> None:
+    row = {"id": 1, "name": "n", "notes": "x"}
+    changes = [
+        (Change("order", 1, INSERT, 1, row), True),
+        (Change("order", 1, UPDATE, 2, row, {"notes": 2}), False),
+    ]
+
+    assert compress_pull(changes) == [Change("order", 1, UPDATE, 2, row, {"notes": 2})]
 
 
 # Irregular local sequences: a warning naming the row, never an exception.

@@ -13,10 +13,16 @@ from dbsync_mq.errors import ConfigurationError, MergeError, UniqueConstraintErr
 SCHEMA = Schema(
     tables={
         "city": TableShape("city", ("id",), unique=(("name",),), integer_key=True),
-        "person": TableShape("person", ("id",), integer_key=True),
+        "person": TableShape("person", ("id",), unique=(("code",),), integer_key=True),
+        "pet": TableShape("pet", ("id",), integer_key=True),
+        "badge": TableShape("badge", ("person_id", "label")),
         "note": TableShape("note", ("id",)),
     },
-    references=(Reference("person", ("city_id",), "city", ("id",)),),
+    references=(
+        Reference("person", ("city_id",), "city", ("id",)),
+        Reference("pet", ("owner_id",), "person", ("id",)),
+        Reference("badge", ("person_id",), "person", ("id",)),
+    ),
 )
 POLICIES = ["node-wins", "server-wins", "last-writer-wins"]
 
@@ -89,19 +95,15 @@ def _update_update(policy: object):
     )  # type: ignore[arg-type]
 
 
-def test_direct_update_update_node_wins_keeps_local_values_and_pushes_them():
+def test_direct_update_update_node_wins_keeps_local_values_of_columns_both_sides_changed():
+    # local wrote name; remote wrote name and population
     plan = _update_update("node-wins")
-    assert ("city", 1) not in plan.updates  # the local row stays as it is
-    assert {(e.command, e.columns) for e in plan.log_add} == {
-        (UPDATE, frozenset({"name"})),
-        (UPDATE, frozenset({"population"})),
-    }
+    assert plan.updates == {("city", 1): city(1, "local", 5)}
+    assert [(e.command, e.columns, e.hlc) for e in plan.log_add] == [
+        (UPDATE, frozenset({"name"}), 30)
+    ]
     (conflict,) = plan.conflicts
-    assert (conflict.kind, conflict.winner, conflict.lost) == (
-        "direct",
-        "local",
-        city(1, "remote", 5),
-    )
+    assert (conflict.kind, conflict.winner) == ("direct", "merged")
 
 
 def test_direct_update_update_server_wins_takes_remote_values_and_drops_local_log():
@@ -141,9 +143,88 @@ def test_direct_update_update_callable_policy_decides_the_row():
         return {**case.remote, "name": f"{case.local['name']}+{case.remote['name']}"}
 
     plan = _update_update(resolve)
-    assert seen == [ConflictCase("city", 1, city(1, "local", 0), city(1, "remote", 5))]
+    assert seen == [
+        ConflictCase(
+            "city",
+            1,
+            city(1, "local", 0),
+            city(1, "remote", 5),
+            local_changed=frozenset({"name"}),
+            remote_changed=frozenset({"name", "population"}),
+        )
+    ]
     assert plan.updates == {("city", 1): city(1, "local+remote", 5)}
     assert [e.columns for e in plan.log_add] == [frozenset({"name"})]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_direct_update_update_keeps_each_sides_columns_whatever_the_policy(policy):
+    # Given the node changed the population and the server the name, of the same city
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, UPDATE, 30, population=30)],
+            remote=[remote("city", 1, UPDATE, city(1, "remote", 0), 20, name=20)],
+            local_rows={("city", 1): city(1, "x", 7)},
+        ),
+        policy,
+    )
+    # Then the row takes both changes, and the node pushes its own column only
+    assert plan.updates == {("city", 1): city(1, "remote", 7)}
+    assert [(e.columns, e.hlc) for e in plan.log_add] == [(frozenset({"population"}), 30)]
+    assert plan.log_drop == {("city", 1)}
+    assert [(c.kind, c.winner, c.lost) for c in plan.conflicts] == [("direct", "merged", None)]
+
+
+@pytest.mark.parametrize(("policy", "name"), [("node-wins", "local"), ("server-wins", "remote")])
+def test_a_remote_update_without_clocks_changed_every_column(policy, name):
+    # Given a remote update whose columns are unknown (no clocks)
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, UPDATE, 30, name=30)],
+            remote=[remote("city", 1, UPDATE, city(1, "remote", 5), 20)],
+            local_rows={("city", 1): city(1, "local", 0)},
+        ),
+        policy,
+    )
+    # Then the name is a column both sides changed, and the population the server's
+    assert plan.updates == {("city", 1): city(1, name, 5)}
+
+
+def test_a_local_update_without_clocks_changed_every_column():
+    # Given a local update whose columns are unknown (a row the node inserted again)
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, UPDATE, 30)],
+            remote=[remote("city", 1, UPDATE, city(1, "remote", 5), 20, name=20)],
+            local_rows={("city", 1): city(1, "local", 7)},
+        ),
+        "server-wins",
+    )
+    # Then only the server's own column goes to the server; the node keeps the rest
+    assert plan.updates == {("city", 1): city(1, "remote", 7)}
+    assert [(e.columns, e.hlc) for e in plan.log_add] == [(frozenset({"population"}), 30)]
+
+
+def test_a_callable_policy_can_merge_by_the_columns_each_side_changed():
+    def mine_where_only_mine(case: ConflictCase) -> dict[str, object]:
+        assert case.local is not None
+        assert case.remote is not None
+        only_mine = case.local_changed - case.remote_changed
+        return {**case.remote, **{column: case.local[column] for column in only_mine}}
+
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, UPDATE, 30, population=30, name=30)],
+            remote=[remote("city", 1, UPDATE, city(1, "remote", 5), 20, name=20)],
+            local_rows={("city", 1): city(1, "local", 7)},
+        ),
+        mine_where_only_mine,
+    )
+    assert plan.updates == {("city", 1): city(1, "remote", 7)}
 
 
 # --- direct: delete against update -------------------------------------------------------
@@ -313,21 +394,156 @@ def test_insert_collision_moves_the_local_row_and_its_references(policy):
     assert (rekey.table, rekey.old, rekey.new) == ("city", 1, 3)
     assert plan.inserts[("city", 1)] == city(1, "server")
     assert plan.updates[("person", 5)] == person(5, 3)
-    assert any(e.table == "person" and e.columns == {"city_id"} for e in plan.log_add)
+    assert plan.log_add == []  # the person is an insert: its own log entry pushes it
     (conflict,) = plan.conflicts
     assert (conflict.kind, conflict.new_key) == ("insert", 3)
 
 
-def test_insert_collision_on_a_non_integer_key_is_a_merge_error():
-    key = "same"
-    with pytest.raises(MergeError, match="integer"):
-        plan_merge(
-            SCHEMA,
-            MergeInput(
-                local=[local("note", key, INSERT)],
-                remote=[remote("note", key, INSERT, {"id": key})],
-            ),
-        )
+def _family(name: str) -> dict[tuple[str, object], dict[str, object]]:
+    """A city 1, a person 1 living there with a unique code, and the person's pet 1."""
+    return {
+        ("city", 1): city(1, f"city-{name}"),
+        ("person", 1): {"id": 1, "name": name, "code": f"code-{name}", "city_id": 1},
+        ("pet", 1): {"id": 1, "owner_id": 1},
+    }
+
+
+@pytest.mark.parametrize("remote_order", [["city", "person", "pet"], ["pet", "person", "city"]])
+@pytest.mark.parametrize("local_order", [["city", "person", "pet"], ["pet", "person", "city"]])
+def test_insert_collision_of_three_levels_moves_every_local_row_in_any_order(
+    local_order, remote_order
+):
+    # Given both sides inserted a city, a person in it and the person's pet, same keys
+    mine, theirs = _family("mine"), _family("theirs")
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local(table, 1, INSERT) for table in local_order],
+            remote=[remote(table, 1, INSERT, theirs[table, 1]) for table in remote_order],
+            local_rows=mine,
+            next_keys={"city": 2, "person": 2, "pet": 2},
+        ),
+    )
+    # Then every local row moves to key 2 and points at its moved parent
+    assert {(r.table, r.old, r.new) for r in plan.rekeys} == {
+        ("city", 1, 2),
+        ("person", 1, 2),
+        ("pet", 1, 2),
+    }
+    assert plan.updates == {
+        ("person", 2): {**mine["person", 1], "id": 2, "city_id": 2},
+        ("pet", 2): {"id": 2, "owner_id": 2},
+    }
+    # And the server's rows take the old keys, untouched
+    assert plan.inserts == theirs
+    assert plan.deleted_first == set()
+    assert plan.log_add == []  # the moved rows' own log entries move with them
+    assert sorted((c.kind, c.table, c.new_key) for c in plan.conflicts) == [
+        ("insert", "city", 2),
+        ("insert", "person", 2),
+        ("insert", "pet", 2),
+    ]
+
+
+def test_a_composite_key_holding_a_moved_parents_key_moves_with_it():
+    # Given both sides inserted person 1 with a badge keyed by (person, label)
+    mine = {"person_id": 1, "label": "gold", "note": "mine"}
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("person", 1, INSERT), local("badge", (1, "gold"), INSERT)],
+            remote=[
+                remote("badge", (1, "gold"), INSERT, {**mine, "note": "theirs"}),
+                remote("person", 1, INSERT, person(1, None)),
+            ],
+            local_rows={("person", 1): person(1, None), ("badge", (1, "gold")): mine},
+            next_keys={"person": 4},
+        ),
+    )
+    # Then the local badge moves with its person: two rows, no conflict between badges
+    assert {(r.table, r.old, r.new) for r in plan.rekeys} == {
+        ("person", 1, 4),
+        ("badge", (1, "gold"), (4, "gold")),
+    }
+    assert plan.inserts[("badge", (1, "gold"))] == {**mine, "note": "theirs"}
+    assert ("badge", (4, "gold")) not in plan.updates  # its key moved; nothing else did
+    assert [c.table for c in plan.conflicts] == ["person", "badge"]
+
+
+def test_a_local_update_pointing_at_a_moved_parent_follows_it():
+    # Given a person the server knows, moved locally into a city inserted locally
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, INSERT), local("person", 8, UPDATE, city_id=10)],
+            remote=[remote("city", 1, INSERT, city(1, "server"))],
+            local_rows={("city", 1): city(1, "mine"), ("person", 8): person(8, 1)},
+            next_keys={"city": 2},
+        ),
+    )
+    # Then the person follows the city; the log entry it has already pushes city_id
+    assert plan.updates == {("person", 8): person(8, 2)}
+    assert plan.log_add == []
+
+
+def test_a_moved_row_keeps_its_unique_values_while_the_servers_row_takes_its_key():
+    # Given both sides inserted person 1, each with its own unique code
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("person", 1, INSERT)],
+            remote=[remote("person", 1, INSERT, {**person(1, None), "code": "theirs"})],
+            local_rows={("person", 1): {**person(1, None), "code": "mine"}},
+            next_keys={"person": 2},
+        ),
+    )
+    # Then nothing clashes and no row is deleted first
+    assert [(r.old, r.new) for r in plan.rekeys] == [(1, 2)]
+    assert plan.deleted_first == set()
+
+
+@pytest.mark.parametrize(
+    ("policy", "note", "winner"),
+    [("node-wins", "mine", "local"), ("server-wins", "theirs", "remote")],
+)
+def test_the_same_composite_key_inserted_on_both_sides_is_one_row(policy, note, winner):
+    # Given both sides inserted the badge (5, "gold"), with different notes
+    mine = {"person_id": 5, "label": "gold", "note": "mine"}
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("badge", (5, "gold"), INSERT, 30)],
+            remote=[remote("badge", (5, "gold"), INSERT, {**mine, "note": "theirs"}, 20)],
+            local_rows={("badge", (5, "gold")): mine},
+        ),
+        policy,
+    )
+    # Then no key moves: the policy decides the columns, and the local insert becomes
+    # an update of the columns that differ from the server's row
+    assert plan.rekeys == []
+    assert plan.log_drop == {("badge", (5, "gold"))}
+    pushed = [(e.command, e.columns, e.hlc) for e in plan.log_add]
+    assert pushed == ([(UPDATE, frozenset({"note"}), 30)] if note == "mine" else [])
+    assert plan.updates == (
+        {} if note == "mine" else {("badge", (5, "gold")): {**mine, "note": note}}
+    )
+    assert [(c.kind, c.winner) for c in plan.conflicts] == [("insert", winner)]
+
+
+def test_the_same_uuid_inserted_on_both_sides_is_one_row():
+    key = uuid.uuid4()
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("note", key, INSERT, 10)],
+            remote=[remote("note", key, INSERT, {"id": key, "text": "theirs"}, 20)],
+            local_rows={("note", key): {"id": key, "text": "mine"}},
+        ),
+        "last-writer-wins",
+    )
+    assert plan.rekeys == []
+    assert plan.updates == {("note", key): {"id": key, "text": "theirs"}}
+    assert [(c.kind, c.winner) for c in plan.conflicts] == [("insert", "remote")]
 
 
 def test_uuid_keys_never_collide():
