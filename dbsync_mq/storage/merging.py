@@ -20,7 +20,7 @@ from dbsync_mq.core.changeset import decode_changes
 from dbsync_mq.core.collisions import Rekey
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, plan_merge
-from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
+from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Operation, Row, RowKey
 from dbsync_mq.errors import UniqueConstraintError
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import (
@@ -32,7 +32,7 @@ from dbsync_mq.storage.apply import (
     write_rows,
 )
 from dbsync_mq.storage.engine import is_sqlite
-from dbsync_mq.storage.local import rekey_operations, unpushed
+from dbsync_mq.storage.local import rekey_operations, remove_operations, unpushed
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.unique import rows_holding
 
@@ -203,7 +203,9 @@ def merge_pulled(
     stamp: Callable[[], int],
 ) -> Merged:
     """Merge a pull into the local tables, inside the caller's write transaction."""
-    local_changes = compress_local(unpushed(connection))
+    operations = unpushed(connection)
+    local_changes = compress_local(operations)
+    _forget_vanished(connection, operations, local_changes)
     merged = Merged()
     if local_changes:
         changes = [change for chunk in pulled.chunks for change in decode_changes(chunk)]
@@ -222,6 +224,21 @@ def merge_pulled(
     if deferred:
         _merge_batch(connection, models, [], deferred, {}, policy, stamp, merged)
     return merged
+
+
+def _forget_vanished(
+    connection: Connection, operations: Sequence[Operation], local_changes: Sequence[Change]
+) -> None:
+    """Drop the log entries of rows inserted and deleted here and never pushed.
+
+    Nothing of them is to be pushed; left in the log, they would be read as the
+    history of a row the pull may now bring under the same key, and a later delete
+    of that row would compress into nothing with them.
+    """
+    kept = {change.row_key for change in local_changes}
+    vanished = [op.order for op in operations if op.row_key not in kept]
+    if vanished:
+        remove_operations(connection, vanished)
 
 
 def _merge_batch(

@@ -310,3 +310,37 @@ def test_a_row_a_node_inserted_and_another_deleted_is_deleted_on_the_first_node_
     # Then the row is gone there too
     rows = converged(server_url, a, b)
     assert rows["person"] == []
+
+
+def test_a_row_deleted_after_a_pull_brought_it_under_a_key_the_node_once_used_is_deleted(
+    make_node, worker, server_url
+):
+    # Given a node that inserted and deleted a city offline, never pushing it
+    a, b = make_node("a"), make_node("b")
+    with Session(a.engine) as session:
+        session.add(City(id=5, name="a's own, gone"))
+        session.commit()
+        session.delete(session.get(City, 5))
+        session.commit()
+
+    # And a pull, before any push of it, that brought another node's city under that key
+    with Session(b.engine) as session:
+        session.add(City(id=5, name="b's"))
+        session.commit()
+    b.sync()
+    a.pull()
+
+    # When the node deletes that city and syncs
+    with Session(a.engine) as session:
+        session.delete(session.get(City, 5))
+        session.commit()
+    a.sync()
+    b.sync()
+
+    # Then it is gone from the server and from every node
+    engine = sa.create_engine(server_url)
+    try:
+        assert table_rows(engine)["city"] == []
+    finally:
+        engine.dispose()
+    assert table_rows(a.engine)["city"] == table_rows(b.engine)["city"] == []
