@@ -34,6 +34,9 @@ REQUEST_WINDOW_SECONDS: Final = 7 * 24 * 3600
 PULL_CHUNK_CHANGES: Final = 5_000
 """Changes per pull reply message."""
 
+PULL_IN_MEMORY_OPERATIONS: Final = 20_000
+"""See ``ServerSettings.pull_in_memory_operations``."""
+
 REPAIR_CHUNK_ROWS: Final = 5_000
 """Rows per repair reply message."""
 
@@ -62,6 +65,9 @@ class ServerSettings:
     repair_chunk_rows: int = REPAIR_CHUNK_ROWS
     reply_bytes: int = PUBLISH_LIMIT_BYTES
     """Largest reply published: pull and repair chunks are cut to fit."""
+    pull_in_memory_operations: int = PULL_IN_MEMORY_OPERATIONS
+    """A pull of a range of at most this many operations is compressed holding it whole;
+    a larger one in two passes, holding a chunk (and a key per row changed)."""
 
 
 @dataclass(frozen=True)

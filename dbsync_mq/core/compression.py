@@ -28,8 +28,8 @@ out, a column it wrote last is not named, and a row it inserted is no insert to 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, Operation, Row, RowKey
@@ -80,6 +80,17 @@ class _RemoteRow:
         else:
             self.whole_hlc, self.whole_own = change.hlc, own
             self.own.clear()
+
+    def compressed(self, table: str, key: Any) -> Change | None:
+        """The one change that stands for every write of the row; ``None`` for a row
+        inserted and deleted in the range, or last written by the pulling node."""
+        command = _remote_command(self.first, self.last)
+        if command is None or self.last_own:
+            return None
+        clocks = self.changed_columns() if command == UPDATE else self.clocks
+        values = None if command == DELETE else self.values
+        extensions = None if command == DELETE else self.extensions
+        return Change(table, key, command, self.hlc, values, clocks, extensions)
 
     def changed_columns(self) -> dict[str, int]:
         """The columns others wrote last, with their stamps."""
@@ -169,13 +180,9 @@ def compress_pull(changes: Iterable[tuple[Change, bool]]) -> list[Change]:
         row.write(change, own)
     result = []
     for (table, key), row in rows.items():
-        command = _remote_command(row.first, row.last)
-        if command is None or row.last_own:
-            continue
-        clocks = row.changed_columns() if command == UPDATE else row.clocks
-        values = None if command == DELETE else row.values
-        extensions = None if command == DELETE else row.extensions
-        result.append(Change(table, key, command, row.hlc, values, clocks, extensions))
+        compressed = row.compressed(table, key)
+        if compressed is not None:
+            result.append(compressed)
     return result
 
 
@@ -185,3 +192,34 @@ def _remote_command(first: Command, last: Command) -> Command | None:
     if last == DELETE:
         return DELETE
     return UPDATE
+
+
+def last_occurrences(changes: Iterable[Change]) -> dict[RowKey, int]:
+    """For each row, the position of its last change in ``changes`` (counted from 0).
+
+    The first pass of ``compress_pull_stream``: all it keeps is a key and a number
+    per row, not the rows.
+    """
+    return {change.row_key: position for position, change in enumerate(changes)}
+
+
+def compress_pull_stream(
+    changes: Iterable[tuple[Change, bool]], last: Mapping[RowKey, int]
+) -> Iterator[Change]:
+    """``compress_pull`` without holding the range: each row's compressed change is
+    given as soon as its last change (by ``last_occurrences`` of the same sequence)
+    is read. Until then a row keeps only its commands, stamps and column owners;
+    its values are those of its last change."""
+    open_rows: dict[RowKey, _RemoteRow] = {}
+    for position, (change, own) in enumerate(changes):
+        row = open_rows.get(change.row_key)
+        if row is None:
+            first = UPDATE if own and change.command == INSERT else change.command
+            row = open_rows[change.row_key] = _RemoteRow(first, first, change.hlc)
+        finishing = last[change.row_key] == position
+        row.write(change if finishing else replace(change, values=None), own)
+        if finishing:
+            del open_rows[change.row_key]
+            compressed = row.compressed(*change.row_key)
+            if compressed is not None:
+                yield compressed

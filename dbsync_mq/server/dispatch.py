@@ -10,6 +10,7 @@ so that the worker retries the message instead of answering it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -30,7 +31,7 @@ from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.parts import assembled, forget_parts, parts_digest, store_part
-from dbsync_mq.server.pull import pull_bodies, read_pull
+from dbsync_mq.server.pull import PullQuery, ReplySizes, pull_bodies
 from dbsync_mq.server.push import (
     MAX_REFUSED_ROWS,
     Accepted,
@@ -272,13 +273,19 @@ class Server:
     def _pull(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
         self._check_window(request)
         deleted = _deleted_keys(request.body["deleted"], self.settings.max_message_bytes)
-        with read_transaction(self.engine) as connection:
-            data = read_pull(
-                connection, self.models, request.node_id, request.body["since"], deleted
-            )
-        bodies = pull_bodies(data, self.settings.pull_chunk_changes, self.settings.reply_bytes)
+        query = PullQuery(request.node_id, request.body["since"], frozenset(deleted))
+        sizes = ReplySizes(
+            self.settings.pull_chunk_changes,
+            self.settings.reply_bytes,
+            self.settings.pull_in_memory_operations,
+        )
+        bodies = pull_bodies(self.engine, self.models, query, sizes)
+        first = next(bodies)  # refusals and database failures are met here, not midway
         return Outcome(
-            "ack", self._chunks(request, bodies), kind=request.kind, request_id=request.request_id
+            "ack",
+            self._chunks(request, itertools.chain([first], bodies)),
+            kind=request.kind,
+            request_id=request.request_id,
         )
 
     def _query(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:

@@ -1,4 +1,4 @@
-"""Building a pull: the changes since a node's version, compressed, in bounded chunks.
+"""Building a pull: the changes since a node's version, compressed, streamed in chunks.
 
 Versions store the packed changes of their push, each carrying the rows it
 wrote; the last change of a row in the range carries the row as it is now, so
@@ -6,88 +6,200 @@ a pull never reads the application tables. Changes to push-only tables are left
 out: they never travel to clients; so are rows whose last change in the range
 was the pulling node's own push: it has them as they are. Likewise a column the
 node wrote last is not among the columns an update tells it the server changed.
+
+Memory follows a chunk, not the range. A range of a few operations is
+compressed in one pass; a larger one in two: the first keeps a key and a number
+per row changed (where its last change is), the second gives each row's
+compressed change as soon as its last change is read, and replies go out a
+chunk at a time. A node at version 0 whose history is much longer than the
+tables gets the tables as they are now, as a repair would. Everything is read
+in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on
+SQLite's WAL), which the reply's chunks are streamed from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq.core.changeset import encode_changes, encode_parts, iter_changes
-from dbsync_mq.core.compression import compress_pull
+from dbsync_mq.core.compression import compress_pull, compress_pull_stream, last_occurrences
 from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
 from dbsync_mq.server import state
+from dbsync_mq.server.repair import current_rows
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.apply import batches, read_row_keys
+from dbsync_mq.storage.apply import read_row_keys
+from dbsync_mq.storage.engine import snapshot_transaction
 from dbsync_mq.storage.models import ModelSet
 
 REPLY_ROOM: Final = 64 * 1024
-"""Bytes of a reply left for its envelope and the node's own versions."""
+"""Bytes of a reply left for its envelope, the node's own versions and the parents."""
+
+SNAPSHOT_FACTOR: Final = 2
+"""A node at version 0 gets the current rows instead of a history more than this many
+times as long as the tables."""
 
 
 @dataclass(frozen=True)
-class PullData:
-    """What a pull answers: the version reached, the changes, the node's own versions,
-    and the current rows of parents the node deleted but remote rows reference."""
+class PullQuery:
+    """What a node asks: everything after ``since``; ``deleted`` names rows it deleted
+    and has not pushed: those the changes reference come back as parents, so that it
+    can undo its delete (a reversed dependency conflict)."""
 
-    version: int
-    changes: list[Change]
-    own_versions: list[list[Any]]
-    parents: list[Change]
+    node_id: int
+    since: int
+    deleted: frozenset[RowKey] = frozenset()
 
 
-def read_pull(
-    connection: Connection,
-    models: ModelSet,
-    node_id: int,
-    since: int,
-    deleted: set[RowKey] | None = None,
-) -> PullData:
-    """Everything version ``since`` lacks, up to the current head.
+@dataclass(frozen=True)
+class ReplySizes:
+    """How the reply is cut: at most ``changes`` changes and about ``max_bytes`` each;
+    a range of more than ``in_memory`` operations is read in two passes."""
 
-    ``deleted`` names rows the node deleted and has not pushed yet: those that
-    the returned changes reference come back as ``parents``, so the node can
-    undo its delete (a reversed dependency conflict).
+    changes: int
+    max_bytes: int
+    in_memory: int
+
+
+def pull_bodies(
+    engine: Engine, models: ModelSet, query: PullQuery, sizes: ReplySizes
+) -> Iterator[dict[str, Any]]:
+    """The reply bodies of a pull, produced as they are sent; at least one.
+
+    Raises ``RequestRefused`` (at the first body) for a version the server does not know.
     """
-    head = state.read_head(connection)
+    with snapshot_transaction(engine) as connection:
+        head = state.read_head(connection)
+        check_since(query.since, head)
+        if head == query.since:
+            yield _body(head, [], [], [])
+            return
+        pulled = {model.name for model in models if model.pulled}
+        range_ = _Range(connection, pulled, query, head)
+        changes = _changes(connection, models, range_, sizes.in_memory)
+        yield from _bodies(connection, models, range_, changes, query.deleted, sizes)
+
+
+def check_since(since: int, head: int) -> None:
+    if since < 0:
+        raise RequestRefused("malformed", "a version is never negative")
     if since > head:
         raise RequestRefused(
             "unknown-version",
             f"the node claims version {since} but the server is at {head}: repair the node",
         )
-    if since < 0:
-        raise RequestRefused("malformed", "a version is never negative")
-    own: list[list[Any]] = []
-    pulled = {model.name for model in models if model.pulled}
 
-    def changes() -> Iterator[tuple[Change, bool]]:
+
+class _Range:
+    """The versions after ``since`` up to ``head``, read as often as a pass needs."""
+
+    def __init__(self, connection: Connection, pulled: set[str], query: PullQuery, head: int):
+        self.connection, self.pulled, self.query, self.head = connection, pulled, query, head
         v = schema.versions.c
-        rows = connection.execute(
-            sa.select(v.id, v.node_id, v.request_id, v.changes)
-            .where(v.id > since, v.id <= head)
+        in_range = (v.id > query.since, v.id <= head)
+        self.operations = int(
+            connection.execute(sa.select(sa.func.sum(v.operation_count)).where(*in_range)).scalar()
+            or 0
+        )
+        self.own = [
+            [row.id, row.request_id]
+            for row in connection.execute(
+                sa.select(v.id, v.request_id)
+                .where(*in_range, v.node_id == query.node_id)
+                .order_by(v.id)
+            )
+        ]
+
+    def read(self) -> Iterator[tuple[Change, bool]]:
+        """Every change to a pulled table, in order, and whether the node wrote it."""
+        v = schema.versions.c
+        rows = self.connection.execution_options(yield_per=64).execute(
+            sa.select(v.node_id, v.changes)
+            .where(v.id > self.query.since, v.id <= self.head)
             .order_by(v.id)
         )
         for row in rows:
-            if row.node_id == node_id:
-                own.append([row.id, row.request_id])
+            own = row.node_id == self.query.node_id
             for change in iter_changes(row.changes, trusted=True):
-                if change.table in pulled:
-                    yield change, row.node_id == node_id
+                if change.table in self.pulled:
+                    yield change, own
 
-    compressed = compress_pull(changes())
-    parents = referenced_rows(connection, models, compressed, deleted or set())
-    return PullData(version=head, changes=compressed, own_versions=own, parents=parents)
+
+def _changes(
+    connection: Connection, models: ModelSet, range_: _Range, in_memory: int
+) -> Iterable[Change]:
+    if range_.operations <= in_memory:
+        return compress_pull(range_.read())
+    if range_.query.since == 0 and range_.operations > SNAPSHOT_FACTOR * _rows_now(
+        connection, models
+    ):
+        return _snapshot(connection, models)
+    last = last_occurrences(change for change, _own in range_.read())
+    return compress_pull_stream(range_.read(), last)
+
+
+def _rows_now(connection: Connection, models: ModelSet) -> int:
+    return sum(
+        connection.execute(sa.select(sa.func.count()).select_from(model.table)).scalar_one()
+        for model in models
+        if model.pulled
+    )
+
+
+def _snapshot(connection: Connection, models: ModelSet) -> Iterator[Change]:
+    for model in models:
+        if model.pulled:
+            for rows in current_rows(connection, model):
+                yield from rows
+
+
+def _bodies(
+    connection: Connection,
+    models: ModelSet,
+    range_: _Range,
+    changes: Iterable[Change],
+    deleted: frozenset[RowKey],
+    sizes: ReplySizes,
+) -> Iterator[dict[str, Any]]:
+    """Chunks of changes as reply bodies; the last one carries the node's own versions
+    and the parents it needs."""
+    parents: dict[RowKey, Row] = {}
+    waiting: bytes | None = None
+    stream = iter(changes)
+    while chunk := list(islice(stream, sizes.changes)):
+        parents.update(referenced_rows(connection, models, chunk, deleted - parents.keys()))
+        for packed in encode_parts(chunk, sizes.max_bytes - REPLY_ROOM):
+            if waiting is not None:
+                yield _body(range_.head, waiting, [], [])
+            waiting = packed
+    found = [Change(table, key, INSERT, 0, row) for (table, key), row in parents.items()]
+    yield _body(range_.head, waiting, range_.own, found)
+
+
+def _body(
+    version: int, changes: bytes | list[Change] | None, own: list[list[Any]], parents: list[Change]
+) -> dict[str, Any]:
+    if not isinstance(changes, bytes):
+        changes = encode_changes(changes or [])
+    return {
+        "version": version,
+        "changes": changes,
+        "versions": own,
+        "parents": encode_changes(parents),
+    }
 
 
 def referenced_rows(
-    connection: Connection, models: ModelSet, changes: list[Change], deleted: set[RowKey]
-) -> list[Change]:
+    connection: Connection, models: ModelSet, changes: list[Change], deleted: Iterable[RowKey]
+) -> dict[RowKey, Row]:
     """The rows among ``deleted`` that ``changes`` reference, directly or through each other."""
+    deleted = set(deleted)
     found: dict[RowKey, Row] = {}
     rows: list[tuple[str, Row]] = [(c.table, c.values) for c in changes if c.values is not None]
     while rows and deleted:
@@ -100,23 +212,4 @@ def referenced_rows(
         level = read_row_keys(connection, models, wanted)
         found.update(level)
         rows = [(table, row) for (table, _key), row in level.items()]
-    return [Change(table, key, INSERT, 0, row) for (table, key), row in found.items()]
-
-
-def pull_bodies(data: PullData, chunk_changes: int, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """Reply bodies of at most ``chunk_changes`` changes and about ``max_bytes`` each
-    (``REPLY_ROOM`` is left for the rest of the reply); at least one."""
-    room = max_bytes - REPLY_ROOM - len(encode_changes(data.parents))
-    chunks = [
-        packed
-        for batch in batches(data.changes, chunk_changes)
-        for packed in encode_parts(batch, room)
-    ] or [encode_changes([])]
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
-        yield {
-            "version": data.version,
-            "changes": chunk,
-            "versions": data.own_versions if last else [],
-            "parents": encode_changes(data.parents if last else []),
-        }
+    return found

@@ -13,10 +13,11 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from dbsync_mq.config import REPAIR_CHUNK_ROWS
 from dbsync_mq.core.changeset import encode_changes, encode_parts
 from dbsync_mq.core.model import INSERT, Change
 from dbsync_mq.server import state
-from dbsync_mq.storage.engine import database_errors
+from dbsync_mq.storage.engine import snapshot_transaction
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.values import wire_row
 
@@ -29,29 +30,35 @@ def snapshot_bodies(
 ) -> Iterator[dict[str, Any]]:
     """Reply bodies: ``{version, table, rows, total}`` per chunk of at most ``chunk_rows``
     rows and about ``max_bytes``; at least one."""
-    with database_errors(), engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection = connection.execution_options(isolation_level="REPEATABLE READ")
-        with connection.begin():
-            version = state.read_head(connection)
-            sent = False
-            for model in models:
-                if not model.pulled:
-                    continue
-                for body in _table_chunks(connection, model, chunk_rows, max_bytes - REPLY_ROOM):
-                    sent = True
-                    yield {"version": version, **body}
-            if not sent:
-                yield {"version": version, "table": None, "rows": encode_changes([]), "total": 0}
+    with snapshot_transaction(engine) as connection:
+        version = state.read_head(connection)
+        sent = False
+        for model in models:
+            if not model.pulled:
+                continue
+            for body in _table_chunks(connection, model, chunk_rows, max_bytes - REPLY_ROOM):
+                sent = True
+                yield {"version": version, **body}
+        if not sent:
+            yield {"version": version, "table": None, "rows": encode_changes([]), "total": 0}
 
 
 def _table_chunks(
     connection: Connection, model: TrackedModel, chunk_rows: int, max_bytes: int
 ) -> Iterator[dict[str, Any]]:
-    table = model.table
-    total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    total = connection.execute(sa.select(sa.func.count()).select_from(model.table)).scalar_one()
     if total == 0:
         return
+    for changes in current_rows(connection, model, chunk_rows):
+        for packed in encode_parts(changes, max_bytes):
+            yield {"table": model.name, "rows": packed, "total": total}
+
+
+def current_rows(
+    connection: Connection, model: TrackedModel, chunk_rows: int = REPAIR_CHUNK_ROWS
+) -> Iterator[list[Change]]:
+    """The table's rows as inserts, in key order, ``chunk_rows`` at a time."""
+    table = model.table
     statement = sa.select(table).order_by(*(table.c[name] for name in model.key_columns))
     result = connection.execution_options(yield_per=chunk_rows).execute(statement)
     for partition in result.mappings().partitions():
@@ -59,5 +66,4 @@ def _table_chunks(
         for row in partition:
             values = wire_row(table, row)
             changes.append(Change(model.name, model.key_of(values), INSERT, 0, values))
-        for packed in encode_parts(changes, max_bytes):
-            yield {"table": model.name, "rows": packed, "total": total}
+        yield changes

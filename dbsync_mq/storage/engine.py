@@ -138,6 +138,21 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read transaction that sees one snapshot throughout: ``REPEATABLE READ`` on
+    PostgreSQL (each statement of a ``READ COMMITTED`` one sees new commits); SQLite's
+    read transactions already do. Rolled back at the end."""
+    with database_errors(), engine.connect() as connection:
+        options: dict[str, Any] = {_MODE: "read"}
+        if connection.dialect.name == "postgresql":
+            options["isolation_level"] = "REPEATABLE READ"
+        connection = connection.execution_options(**options)
+        with connection.begin() as transaction:
+            yield connection
+            transaction.rollback()
+
+
+@contextmanager
 def database_errors() -> Iterator[None]:
     """Turn a lost, locked or refused database connection into ``DatabaseUnavailable``.
 

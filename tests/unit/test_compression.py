@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbsync_mq.core.compression import compress_local, compress_pull, compress_remote
+from dbsync_mq.core.compression import (
+    compress_local,
+    compress_pull,
+    compress_pull_stream,
+    compress_remote,
+    last_occurrences,
+)
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, Operation
 
 COMPRESSION_LOGGER = "dbsync_mq.core.compression"
@@ -351,3 +357,33 @@ def test_remote_compression_keeps_rows_apart() -> None:
         ("city", 2),
         ("person", 1),
     ]
+
+
+@given(
+    st.lists(
+        st.tuples(rows, commands, st.sets(st.sampled_from("abc")), st.booleans(), st.booleans()),
+        max_size=40,
+    )
+)
+def test_a_streamed_pull_compresses_exactly_as_one_held_whole(
+    entries: list[tuple[tuple[str, object], Command, set[str], bool, bool]],
+) -> None:
+    # Given any sequence of the server's changes, some the pulling node's own, some with
+    # extension data
+    stamps = count(100)
+    changes = []
+    for (table, key), command, columns, own, extended in entries:
+        hlc = next(stamps)
+        values = None if command == DELETE else {"id": key, **{c: hlc for c in "abc"}}
+        clocks = {c: hlc for c in columns} if command == UPDATE else {}
+        extensions = {"photo": hlc} if extended and values else None
+        changes.append((Change(table, key, command, hlc, values, clocks, extensions), own))
+
+    # When it is compressed in two passes, holding only the rows not finished yet
+    last = last_occurrences(change for change, _own in changes)
+    streamed = list(compress_pull_stream(iter(changes), last))
+
+    # Then it gives the same changes as compressing it whole (in last-change order)
+    whole = compress_pull(changes)
+    assert sorted(streamed, key=repr) == sorted(whole, key=repr)
+    assert len({change.row_key for change in streamed}) == len(streamed)
