@@ -15,9 +15,7 @@ from typing import Any
 
 from dbsync_mq.config import MAX_MESSAGE_BYTES, PUBLISH_LIMIT_BYTES
 from dbsync_mq.core import codec, messages, signing
-from dbsync_mq.core.changeset import ChangeTooLarge, encode_parts
 from dbsync_mq.core.messages import Reply, Request
-from dbsync_mq.core.model import Change
 from dbsync_mq.errors import (
     ProtocolError,
     PullRequired,
@@ -68,22 +66,21 @@ class NodeChannel:
         request = new_request(kind, self.node_id, body, extra_data, self._clock, request_id)
         return request.request_id, signing.seal(messages.encode_request(request), self._key)
 
+    def part_room(self, extra_data: Mapping[str, Any] | None) -> tuple[int, int]:
+        """Bytes of packed changes a push message may carry: as a rule, and at most (one
+        change larger than the rule travels alone up to what a message may hold)."""
+        overhead = ENVELOPE_ROOM + len(codec.encode(dict(extra_data or {})))
+        return self.max_message_bytes - overhead, MAX_MESSAGE_BYTES - overhead
+
     def seal_push(
-        self, base: int, changes: Sequence[Change], extra_data: Mapping[str, Any] | None
+        self, base: int, parts: Sequence[bytes], extra_data: Mapping[str, Any] | None
     ) -> tuple[str, tuple[bytes, ...]]:
         """A push's request id and envelopes: one, or numbered parts of one request when
-        the changes would make a message larger than ``max_message_bytes``."""
-        room = self.max_message_bytes - ENVELOPE_ROOM - len(codec.encode(extra_data or {}))
-        try:
-            parts = encode_parts(changes, room, MAX_MESSAGE_BYTES - (self.max_message_bytes - room))
-        except ChangeTooLarge as exc:
-            row = [(exc.change.table, exc.change.key)]
-            raise PushRejected("row-too-large", str(exc), row) from None
+        its changes came packed in several parts (see ``part_room``)."""
         if len(parts) == 1:
-            rid, envelope = self.seal(
-                messages.PUSH, {"base": base, "changes": parts[0]}, extra_data
-            )
-            return rid, (envelope,)
+            body = {"base": base, "changes": parts[0]}
+            request_id, envelope = self.seal(messages.PUSH, body, extra_data)
+            return request_id, (envelope,)
         request_id = uuid.uuid4().hex
         envelopes = tuple(
             self.seal(

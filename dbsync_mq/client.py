@@ -36,11 +36,11 @@ from dbsync_mq.config import (
     REQUEST_TIMEOUT_SECONDS,
 )
 from dbsync_mq.core import messages, signing
-from dbsync_mq.core.changeset import decode_changes, encode_changes
+from dbsync_mq.core.changeset import ChangeTooLarge, decode_changes, encode_changes, encode_parts
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Policy, check_policy
 from dbsync_mq.core.messages import Reply
-from dbsync_mq.core.model import DELETE
+from dbsync_mq.core.model import DELETE, Change
 from dbsync_mq.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -67,7 +67,7 @@ from dbsync_mq.results import (
 )
 from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local, schema, tracking
-from dbsync_mq.storage.apply import delete_all, insert_rows
+from dbsync_mq.storage.apply import batches, delete_all, insert_rows
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
 from dbsync_mq.storage.merging import Pulled, merge_pulled
 from dbsync_mq.storage.models import ModelSet, tracked_model
@@ -80,6 +80,9 @@ M = TypeVar("M")
 
 MIN_MESSAGE_BYTES = 128 * 1024
 """Smallest ``max_message_bytes``: room for a request's ``extra_data`` and some rows."""
+
+PREPARE_BATCH = 20_000
+"""Rows a push reads and packs at a time."""
 
 MAX_SYNC_ATTEMPTS = 5
 """Push attempts ``sync`` makes before giving up when other nodes keep pushing first."""
@@ -492,6 +495,7 @@ class SyncClient:
     def _prepare_push(
         self, identity: local.Identity, extra_data: Mapping[str, Any] | None
     ) -> tuple[local.InFlight, int] | None:
+        node = self._channel()
         with read_transaction(self.engine) as connection:
             operations = local.unpushed(connection)
             held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
@@ -499,17 +503,36 @@ class SyncClient:
                 operations = [op for op in operations if op.row_key not in held]
             if not operations:
                 return None
-            changes = attach_rows(connection, self.models, compress_local(operations))
-        node = self._channel()
-        request_id, bodies = node.seal_push(identity.version, changes, extra_data)
-        push = local.InFlight(
-            request_id, identity.version, bodies, tuple(op.order for op in operations)
-        )
+            operation_ids = tuple(op.order for op in operations)
+            compressed = compress_local(operations)
+            del operations
+            parts, count = self._pack(connection, compressed, *node.part_room(extra_data))
+        request_id, bodies = node.seal_push(identity.version, parts, extra_data)
+        push = local.InFlight(request_id, identity.version, bodies, operation_ids)
         with write_transaction(self.engine) as connection:
             if local.load_inflight(connection) is not None:
                 raise MergeError("another process is pushing from this database")
             local.save_inflight(connection, push)
-        return push, len(changes)
+        return push, count
+
+    def _pack(
+        self, connection: Connection, compressed: list[Change], room: int, hard_limit: int
+    ) -> tuple[list[bytes], int]:
+        """The changes with their rows, packed in parts that fit a message, and how many.
+
+        Rows are read a batch at a time: memory holds the log and one batch of rows.
+        """
+        parts: list[bytes] = []
+        count = 0
+        for batch in batches(compressed, PREPARE_BATCH):
+            changes = attach_rows(connection, self.models, batch)
+            count += len(changes)
+            try:
+                parts.extend(encode_parts(changes, room, hard_limit))
+            except ChangeTooLarge as exc:
+                row = [(exc.change.table, exc.change.key)]
+                raise PushRejected("row-too-large", str(exc), row) from None
+        return parts or [encode_changes([])], count
 
     def _settle_inflight(self) -> PushResult | None:
         """Finish a push left in flight (by a crash or a timeout) before anything else."""

@@ -185,15 +185,20 @@ def group_keys(keys: Iterable[RowKey]) -> dict[str, list[Key]]:
     return grouped
 
 
+WRITE_BATCH: Final = 5_000
+"""Rows converted and sent per statement: what a large write holds at once."""
+
+
 def insert_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:
     """Insert ``rows``, grouped by the set of columns they carry (parents first in a tree)."""
-    rows = [stored_row(model.table, row) for row in rows]
     if model.self_references and len(rows) > 1:
-        for row in _parents_first(model, rows):
+        for row in _parents_first(model, [stored_row(model.table, row) for row in rows]):
             connection.execute(model.table.insert(), [row])
     else:
-        for group in _by_columns(rows).values():
-            connection.execute(model.table.insert(), group)
+        for batch in batches(rows, WRITE_BATCH):
+            converted = [stored_row(model.table, row) for row in batch]
+            for group in _by_columns(converted).values():
+                connection.execute(model.table.insert(), group)
     if connection.dialect.name == "postgresql":
         _advance_sequence(connection, model, rows)
 
@@ -241,8 +246,15 @@ def _parents_first(model: TrackedModel, rows: Sequence[Row]) -> list[Row]:
 def update_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:
     """Update the rows identified by their keys to the values they carry."""
     table = model.table
-    rows = [stored_row(table, row) for row in rows]
     where = sa.and_(*(table.c[name] == sa.bindparam(f"k_{name}") for name in model.key_columns))
+    for batch in batches(rows, WRITE_BATCH):
+        _update_batch(connection, model, where, [stored_row(table, row) for row in batch])
+
+
+def _update_batch(
+    connection: Connection, model: TrackedModel, where: Any, rows: Sequence[Row]
+) -> None:
+    table = model.table
     for columns, group in _by_columns(rows).items():
         assigned = [name for name in columns if name not in model.key_columns]
         if not assigned:
