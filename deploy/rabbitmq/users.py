@@ -23,16 +23,14 @@ definitions file (topology, service users, their permissions) with
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import shlex
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 from dbsync_mq.core.messages import REQUEST_KINDS
+from dbsync_mq.errors import SyncError
+from dbsync_mq.transport.management import ManagementApi
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Permissions, Topology
 
 DEFAULT_API = "http://127.0.0.1:15672/api"
@@ -51,41 +49,9 @@ def permissions_for(topology: Topology, role: str, node_id: int | None = None) -
     raise ValueError(f"unknown role {role!r} (a node needs its id)")
 
 
-class ManagementApi:
-    """The few calls of RabbitMQ's management HTTP API this script needs."""
-
-    def __init__(self, url: str = DEFAULT_API, admin: str = "guest:guest") -> None:
-        self.url = url.rstrip("/")
-        self._auth = "Basic " + base64.b64encode(admin.encode()).decode()
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": self._auth, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            data = response.read()
-        return json.loads(data) if data else None
-
-    def put_user(self, name: str, password: str) -> None:
-        self.call("PUT", f"/users/{_quote(name)}", {"password": password, "tags": ""})
-
-    def put_permissions(self, vhost: str, name: str, permissions: Permissions) -> None:
-        body = {
-            "configure": permissions.configure,
-            "write": permissions.write,
-            "read": permissions.read,
-        }
-        self.call("PUT", f"/permissions/{_quote(vhost)}/{_quote(name)}", body)
-
-    def delete_user(self, name: str) -> None:
-        self.call("DELETE", f"/users/{_quote(name)}")
-
-
-def _quote(part: str) -> str:
-    return urllib.parse.quote(part, safe="")
+def management_api(url: str = DEFAULT_API, admin: str = "guest:guest") -> ManagementApi:
+    """The management API at ``url`` as the administrator ``admin`` (``user:password``)."""
+    return ManagementApi("amqp://localhost/", url, credentials=admin)
 
 
 def rabbitmqctl(vhost: str, name: str, permissions: Permissions) -> list[str]:
@@ -193,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.print:
         print("\n".join(rabbitmqctl(options.vhost, args[0], permissions)))
         return 0
-    api = ManagementApi(options.api, options.admin)
+    api = management_api(options.api, options.admin)
     try:
         api.put_user(args[0], args[1])
         api.put_permissions(options.vhost, args[0], permissions)
-    except urllib.error.URLError as exc:
+    except SyncError as exc:
         print(f"management API: {exc}", file=sys.stderr)
         return 1
     return 0
