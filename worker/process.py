@@ -116,6 +116,7 @@ class Worker:
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        self._taking = threading.Lock()
         self.connected = threading.Event()
         self._handler: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -199,8 +200,12 @@ class Worker:
         while not self.stopping:
             self.consumer.pump(PUMP_SECONDS)
         self.consumer.stop_consuming()
-        while not self._idle.is_set():
+        while not self._is_idle():
             self.consumer.pump(PUMP_SECONDS)
+
+    def _is_idle(self) -> bool:
+        with self._taking:
+            return self._idle.is_set()
 
     # --- handler thread -----------------------------------------------------------
 
@@ -212,7 +217,10 @@ class Worker:
                 continue
             if delivery.channel_generation != self.consumer.generation:
                 continue  # its channel is gone; the broker redelivers it
-            self._idle.clear()
+            with self._taking:  # the connection thread closes only once we are idle
+                if self.stopping:
+                    break  # taken as the stop began: left unsettled, the broker requeues it
+                self._idle.clear()
             try:
                 self._process(delivery)
             except BrokerUnavailable as exc:

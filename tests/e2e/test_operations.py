@@ -3,18 +3,24 @@ server database: ``status --json``, ``dead-letters``, the metrics and health end
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 
 import pytest
+import sqlalchemy as sa
 
 from dbsync_mq import commands
+from dbsync_mq.core import signing
+from dbsync_mq.core.model import INSERT, Change
 from dbsync_mq.storage import schema
 from dbsync_mq.transport.topology import Topology
+from tests.conftest import write
 from tests.e2e.operations import city, cli, cli_json, forge_of, free_port, http_get, scrape
+from tests.models import City, Tag
 from tests.proxy import TcpProxy
 from tests.reliability.conftest import wait_until
-from tests.security.conftest import Wire
+from tests.security.conftest import Wire, read_reply
 from tests.security.forge import envelope_message
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e]
@@ -157,3 +163,83 @@ def test_the_metrics_count_exactly_what_was_served_and_readiness_follows_the_bro
     finally:
         worker_process.terminate()
         proxy.close()
+
+
+ROW_VALUE = "row-value-7d1f2c"
+UNIQUE_VALUE = "unique-value-93ac5e"
+REQUEST_FIELDS = {"kind", "request_id", "node", "outcome", "code", "version", "duration_ms"}
+
+
+def key_forms(key: bytes) -> list[str]:
+    """How a key could show in a log: hex, base64, url-safe base64, Python's repr."""
+    return [
+        key.hex(),
+        base64.b64encode(key).decode(),
+        base64.urlsafe_b64encode(key).decode().rstrip("="),
+        repr(key)[2:-1],
+    ]
+
+
+def test_the_worker_logs_one_json_line_per_request_and_no_token_key_or_row_value(
+    make_node, worker_process, server_url, namespace, node_ids, wire
+):
+    # Given a worker logging JSON, a node registered with a token, and another node
+    worker_process.start(options=("--log-format", "json"))
+    token = commands.enroll(server_url)
+    a = make_node("a", register=False)
+    node_ids.append(a.register(token))
+    b = make_node("b")
+
+    # When rows are pushed and pulled, a push is refused over a row's value, and an
+    # undecodable message is dead-lettered
+    write(a.engine, City(name=ROW_VALUE), Tag(label=UNIQUE_VALUE))
+    a.push()
+    b.pull()
+    b.close()
+    clash = Change("tag", 99, INSERT, 1, {"id": 99, "label": UNIQUE_VALUE})
+    wire.publish(forge_of(b).push([clash], base=1))
+    [(_properties, body)] = wire._drain(Topology(namespace).node_queue(b.node_id), 1, 20)
+    refusal = read_reply(body, server_public_key(server_url), "push")
+    assert refusal.code == "constraint-violation"
+    if server_url.startswith("postgresql"):
+        assert UNIQUE_VALUE in (refusal.reason or "")  # the node is told the value
+    wire.publish(envelope_message(UNDECODABLE, "push", header=a.node_id))
+    wait_until(lambda: wire.depth(Topology(namespace).dead_letter_queue) == 1, 20, "dead letter")
+    worker_process.terminate()
+
+    # Then every line is a JSON object, one per request with its fields
+    records = [json.loads(line) for line in worker_process.output.splitlines()]
+    served = [
+        (r["kind"], r["outcome"], r["code"]) for r in records if r["logger"] == "worker.requests"
+    ]
+    assert served == [
+        ("register", "ack", None),
+        ("register", "ack", None),
+        ("push", "ack", None),
+        ("pull", "ack", None),
+        ("push", "ack", "constraint-violation"),
+        ("push", "dead-letter", None),
+    ]
+    for record in records:
+        if record["logger"] == "worker.requests":
+            assert set(record) >= REQUEST_FIELDS, record
+    # And no token, key or row value appears anywhere
+    secrets = [token, ROW_VALUE, UNIQUE_VALUE, *key_forms(server_seed(server_url))]
+    secrets += key_forms(forge_of(a).seed) + key_forms(forge_of(b).seed)
+    leaked = [secret for secret in secrets if secret in worker_process.output]
+    assert leaked == []
+
+
+def server_seed(server_url: str) -> bytes:
+    engine = sa.create_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            return bytes(
+                connection.execute(sa.select(schema.server_keys.c.private_key)).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def server_public_key(server_url: str) -> bytes:
+    return signing.public_key_bytes(signing.private_key_from_seed(server_seed(server_url)))
