@@ -218,7 +218,7 @@ class Worker:
             if delivery.channel_generation != self.consumer.generation:
                 continue  # its channel is gone; the broker redelivers it
             with self._taking:  # the connection thread closes only once we are idle
-                if self.stopping:
+                if self._stopping.is_set():
                     break  # taken as the stop began: left unsettled, the broker requeues it
                 self._idle.clear()
             try:
