@@ -17,7 +17,9 @@ Apply them through the management HTTP API::
 
 or print the equivalent ``rabbitmqctl`` commands with ``--print``; or write the
 definitions file (topology, service users, their permissions) with
-``definitions``. Needs the ``dbsync_mq`` package importable, nothing else.
+``definitions``; or import such a file with ``import FILE`` (as
+``deploy/compose.yaml`` does). Needs the ``dbsync_mq`` package importable,
+nothing else.
 """
 
 from __future__ import annotations
@@ -137,6 +139,18 @@ def _binding(vhost: str, source: str, queue: str, routing_key: str) -> dict[str,
     }
 
 
+def import_definitions(api: ManagementApi, path: str) -> int:
+    """Import a definitions file (vhosts, users, permissions, topology) into the broker."""
+    with open(path, encoding="utf-8") as file:
+        body = json.load(file)
+    try:
+        api.call("POST", "/definitions", body)
+    except SyncError as exc:
+        print(f"management API: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
@@ -144,13 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", default=DEFAULT_API, help="management API URL")
     parser.add_argument("--admin", default="guest:guest", help="management user:password")
     parser.add_argument("--print", action="store_true", help="print rabbitmqctl commands")
-    parser.add_argument("role", choices=["worker", "enroll", "node", "definitions"])
-    parser.add_argument("args", nargs="*", help="[NODE_ID] USER PASSWORD")
+    parser.add_argument("role", choices=["worker", "enroll", "node", "definitions", "import"])
+    parser.add_argument("args", nargs="*", help="[NODE_ID] USER PASSWORD, or import's FILE")
     options = parser.parse_args(argv)
     topology = Topology(options.namespace)
     if options.role == "definitions":
         print(json.dumps(definitions(topology, options.vhost), indent=2))
         return 0
+    if options.role == "import":
+        if len(options.args) != 1:
+            parser.error("import takes the definitions file")
+        return import_definitions(management_api(options.api, options.admin), options.args[0])
     args = list(options.args)
     node_id = int(args.pop(0)) if options.role == "node" else None
     if len(args) != (1 if options.print else 2):
