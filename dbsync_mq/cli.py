@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -19,82 +16,16 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
-from dbsync_mq import commands
-from dbsync_mq.config import DEFAULT_BROKER_URL, DEFAULT_PREFETCH, WorkerConfig, split_modules
-from dbsync_mq.errors import SyncError
-from dbsync_mq.transport.topology import DEFAULT_NAMESPACE
+from dbsync_mq import cli_admin, commands
+from dbsync_mq import cli_options as options
+from dbsync_mq.config import DEFAULT_PREFETCH, WorkerConfig, split_modules
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_db = click.option(
-    "--db",
-    "database_url",
-    envvar="DBSYNC_DATABASE_URL",
-    required=True,
-    help="Server database URL [env DBSYNC_DATABASE_URL].",
-)
-_broker = click.option(
-    "--broker",
-    "broker_url",
-    envvar="DBSYNC_BROKER_URL",
-    default=DEFAULT_BROKER_URL,
-    show_default=True,
-    help="RabbitMQ URL [env DBSYNC_BROKER_URL].",
-)
-_namespace = click.option(
-    "--namespace",
-    envvar="DBSYNC_NAMESPACE",
-    default=DEFAULT_NAMESPACE,
-    show_default=True,
-    help="Prefix of every exchange and queue [env DBSYNC_NAMESPACE].",
-)
-
-
-def _import_from_working_directory(_context: click.Context, _param: Any, value: str) -> str:
-    """Models modules are found in the current directory, as ``python -m`` finds them
-    (an installed command's path holds its own folder instead)."""
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)
-    return value
-
-
-_models = click.option(
-    "--models",
-    envvar="DBSYNC_MODELS",
-    required=True,
-    callback=_import_from_working_directory,
-    help="Comma-separated modules defining tracked models, importable from the current "
-    "directory [env DBSYNC_MODELS].",
-)
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Every pika failure surfaces as one of our errors, naming the broker; pika's own
-    # records repeat it with tracebacks, so they show only with --verbose.
-    logging.getLogger("pika").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-
-
-def _fail_cleanly(function: F) -> F:
-    """Turn our errors into one line on stderr and exit code 1, never a traceback."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except SyncError as exc:
-            click.echo(f"dbsync-mq: {exc}", err=True)
-            sys.exit(1)
-
-    wrapper.__name__ = function.__name__
-    wrapper.__doc__ = function.__doc__
-    return wrapper  # type: ignore[return-value]
+_db = options.database
+_broker = options.broker
+_namespace = options.namespace
+_models = options.models
+_fail_cleanly = options.fail_cleanly
 
 
 @click.group()
@@ -165,7 +96,23 @@ def enroll(
     help="Requests held unacknowledged at once.",
 )
 @click.option(
-    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT."
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on PORT (see --metrics-address).",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics and health endpoint listens on (0.0.0.0 in a container).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line, for log shippers.",
 )
 @click.option(
     "--plugin",
@@ -182,11 +129,15 @@ def worker(
     namespace: str,
     prefetch: int,
     metrics_port: int | None,
+    metrics_address: str,
+    log_format: str,
     plugins: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Serve push, pull, register and other requests until SIGTERM or SIGINT."""
-    _configure_logging(verbose)
+    from worker.logs import configure_logging
+
+    configure_logging(verbose, log_format)
     config = WorkerConfig.from_env(
         os.environ,
         database_url=database_url,
@@ -195,9 +146,15 @@ def worker(
         namespace=namespace,
         prefetch=prefetch,
         metrics_port=metrics_port,
+        metrics_address=metrics_address,
         plugins=plugins,
     )
     sys.exit(commands.worker(config))
+
+
+main.add_command(cli_admin.status)
+main.add_command(cli_admin.nodes)
+main.add_command(cli_admin.dead_letters)
 
 
 @main.command("disable")
@@ -205,10 +162,8 @@ def worker(
 @click.argument("node_id", type=int)
 @_fail_cleanly
 def disable(database_url: str, node_id: int) -> None:
-    """Refuse every further request from NODE_ID."""
-    if not commands.set_node_enabled(database_url, node_id, False):
-        raise click.ClickException(f"no node {node_id}")
-    click.echo(f"node {node_id} disabled: its requests are refused", err=True)
+    """Refuse every further request from NODE_ID (the same as `nodes disable`)."""
+    cli_admin.set_enabled(database_url, node_id, False)
 
 
 @main.command("enable")
@@ -216,38 +171,8 @@ def disable(database_url: str, node_id: int) -> None:
 @click.argument("node_id", type=int)
 @_fail_cleanly
 def enable(database_url: str, node_id: int) -> None:
-    """Accept requests from NODE_ID again."""
-    if not commands.set_node_enabled(database_url, node_id, True):
-        raise click.ClickException(f"no node {node_id}")
-    click.echo(f"node {node_id} enabled: its requests are served again", err=True)
-
-
-@main.command()
-@_db
-@_broker
-@_namespace
-@_fail_cleanly
-def status(database_url: str, broker_url: str, namespace: str) -> None:
-    """Show the server version, registered nodes and queue depths."""
-    report = commands.status(database_url, broker_url, namespace)
-    console = Console()
-    console.print(f"server version: [bold]{report.version}[/bold]")
-    nodes = Table("node", "user", "enabled", "registered at", title="nodes")
-    for node in report.nodes:
-        nodes.add_row(
-            str(node["id"]),
-            str(node["user_id"] or ""),
-            str(node["enabled"]),
-            str(node["registered_at"]),
-        )
-    console.print(nodes)
-    if report.broker_error:
-        console.print(f"[red]broker: {report.broker_error}[/red]")
-        return
-    queues = Table("queue", "ready messages", title="queues")
-    for name, depth in report.queues.items():
-        queues.add_row(name, str(depth))
-    console.print(queues)
+    """Accept requests from NODE_ID again (the same as `nodes enable`)."""
+    cli_admin.set_enabled(database_url, node_id, True)
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """One plain function per CLI command: the CLI is a thin shell over these.
 
 Each takes plain values and returns plain data (or an exit code), so the
-Python API and the command line cannot drift apart.
+Python API and the command line cannot drift apart. The operator's commands
+(status, nodes, dead letters) live in ``dbsync_mq.admin`` and are named here.
 """
 
 from __future__ import annotations
@@ -10,20 +11,47 @@ import datetime as dt
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
+from dbsync_mq.admin.dead_letters import (
+    list_dead_letters,
+    purge_dead_letters,
+    requeue_dead_letters,
+    show_dead_letter,
+)
+from dbsync_mq.admin.nodes import forget_node, list_nodes, set_node_enabled, show_node
+from dbsync_mq.admin.status import status
 from dbsync_mq.client import Progress
 from dbsync_mq.config import WorkerConfig
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError
 from dbsync_mq.results import RepairResult
 from dbsync_mq.server import initialize, issue_enrollment
 from dbsync_mq.storage import schema
-from dbsync_mq.storage.engine import create_engine, read_transaction, write_transaction
+from dbsync_mq.storage.engine import create_engine, read_transaction
 from dbsync_mq.transport import rabbitmq
 from dbsync_mq.transport.management import ManagementApi
 from dbsync_mq.transport.topology import Topology
+
+__all__ = [
+    "DEFAULT_TOKEN_TTL",
+    "Teardown",
+    "enroll",
+    "forget_node",
+    "init",
+    "list_dead_letters",
+    "list_nodes",
+    "plan_teardown",
+    "purge_dead_letters",
+    "repair",
+    "requeue_dead_letters",
+    "set_node_enabled",
+    "show_dead_letter",
+    "show_node",
+    "status",
+    "teardown",
+    "worker",
+]
 
 DEFAULT_TOKEN_TTL = dt.timedelta(hours=24)
 """How long an enrollment token stays valid unless told otherwise."""
@@ -66,55 +94,6 @@ def enroll(
     finally:
         engine.dispose()
     return token
-
-
-def set_node_enabled(database_url: str, node_id: int, enabled: bool) -> bool:
-    """Enable or disable a node; return whether it exists."""
-    engine = create_engine(database_url)
-    try:
-        with write_transaction(engine) as connection:
-            result = connection.execute(
-                schema.nodes.update().where(schema.nodes.c.id == node_id).values(enabled=enabled)
-            )
-            return bool(result.rowcount)
-    finally:
-        engine.dispose()
-
-
-@dataclass(frozen=True)
-class Status:
-    """The server's version, its nodes, and the depth of every queue."""
-
-    version: int
-    nodes: list[dict[str, Any]]
-    queues: dict[str, int]
-    broker_error: str | None = None
-
-
-def status(database_url: str, broker_url: str, namespace: str = "dbsync") -> Status:
-    """What an operator checks first: version, nodes, queue depths and dead letters."""
-    engine = create_engine(database_url)
-    try:
-        with read_transaction(engine) as connection:
-            version = connection.execute(sa.select(schema.head.c.version)).scalar() or 0
-            nodes = [
-                dict(row)
-                for row in connection.execute(
-                    sa.select(
-                        schema.nodes.c.id,
-                        schema.nodes.c.user_id,
-                        schema.nodes.c.enabled,
-                        schema.nodes.c.registered_at,
-                    ).order_by(schema.nodes.c.id)
-                ).mappings()
-            ]
-    finally:
-        engine.dispose()
-    try:
-        queues = rabbitmq.queue_depths(broker_url, Topology(namespace))
-    except Exception as exc:  # status still reports the database when the broker is down
-        return Status(version, nodes, {}, broker_error=str(exc))
-    return Status(version, nodes, queues)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class WorkerConfig:
     namespace: str = DEFAULT_NAMESPACE
     prefetch: int = DEFAULT_PREFETCH
     metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    """Where ``/metrics``, ``/healthz`` and ``/readyz`` listen (``0.0.0.0`` in a container)."""
     plugins: tuple[str, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
 

@@ -21,6 +21,11 @@ def table_rows(engine: sa.Engine, models: tuple[type, ...] = SYNCED) -> dict[str
     return contents
 
 
+ACTIVITY_COLUMNS = frozenset({"last_seen_at", "merged_version"})
+"""Notes of each node's requests, written by the workers every few seconds: an
+authenticated request moves them, whether it is served or refused."""
+
+
 class ServerProbe:
     """A read-only view of the server database, opened per call and disposed."""
 
@@ -74,7 +79,8 @@ class ServerProbe:
                     schema.requests,
                     schema.enrollments,
                 ):
-                    rows = connection.execute(sa.select(table)).all()
+                    columns = [c for c in table.columns if c.name not in ACTIVITY_COLUMNS]
+                    rows = connection.execute(sa.select(*columns)).all()
                     state[table.name] = sorted((tuple(row) for row in rows), key=repr)
             return state
         finally:

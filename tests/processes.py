@@ -24,7 +24,13 @@ class WorkerProcess:
         self._ready = threading.Event()
         self._lines: list[str] = []
 
-    def start(self, *plugins: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+    def start(
+        self,
+        *plugins: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        options: tuple[str, ...] = (),
+    ) -> None:
         command = [
             sys.executable,
             "-m",
@@ -41,6 +47,7 @@ class WorkerProcess:
         ]
         for plugin in plugins:
             command += ["--plugin", plugin]
+        command += options
         self._ready.clear()
         self.process = subprocess.Popen(
             command,

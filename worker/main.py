@@ -11,6 +11,7 @@ from types import FrameType
 
 from dbsync_mq.config import WorkerConfig
 from dbsync_mq.errors import ConfigurationError, DatabaseUnavailable
+from worker.health import HealthServer
 from worker.process import RET_CONFIG, RET_KILLED, Worker
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,19 @@ def main(config: WorkerConfig) -> int:
     except (ConfigurationError, DatabaseUnavailable) as exc:
         print(f"dbsync-mq worker: {exc}", file=sys.stderr)
         return RET_CONFIG
+    endpoint = None
     if config.metrics_port is not None:
-        worker.metrics.serve(config.metrics_port)
+        endpoint = HealthServer(
+            worker.metrics.registry,
+            worker.readiness,
+            alive=worker.alive,
+            address=config.metrics_address,
+            port=config.metrics_port,
+        ).start()
     install_signal_handlers(worker)
     logger.info("worker starting: %r", config)
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()

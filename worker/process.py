@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,11 +27,14 @@ import sqlalchemy as sa
 from dbsync_mq.config import WorkerConfig
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
 from dbsync_mq.server import Outcome, Server
+from dbsync_mq.server.activity import NodeActivity
 from dbsync_mq.storage.engine import create_engine
 from dbsync_mq.storage.models import ModelSet
 from dbsync_mq.transport.base import Delivery, Outgoing
 from dbsync_mq.transport.rabbitmq import Consumer
-from worker.metrics import Metrics
+from worker.health import Readiness
+from worker.logs import log_request
+from worker.metrics import QUEUE_READ_SECONDS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +107,25 @@ class Worker:
         )
         self._deliveries: queue.Queue[Delivery] = queue.Queue()
         self.consumer = Consumer(
-            config.broker_url, config.topology, self._deliveries.put, prefetch=config.prefetch
+            config.broker_url,
+            config.topology,
+            self._deliveries.put,
+            prefetch=config.prefetch,
+            name=f"dbsync-mq worker {socket.gethostname()} pid {os.getpid()}",
         )
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        self._taking = threading.Lock()
         self.connected = threading.Event()
+        self._handler: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.activity = NodeActivity(self.engine)
+        self.server.hooks.listen("before_request", self.activity.observe)
+        self.readiness = Readiness(
+            self.engine, connected=self.connected.is_set, consuming=self.consuming
+        )
+        self.metrics.watch(self.server.hooks, self.engine, self._queue_figures, self.readiness)
 
     def add_stage_hook(self, hook: StageHook) -> None:
         """Call ``hook(stage, kind, request_id)`` at each stage of every request.
@@ -125,11 +143,28 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def alive(self) -> bool:
+        """Whether the process still serves: not stopped, its handler thread running."""
+        handler = self._handler
+        return not self._stopped.is_set() and (handler is None or handler.is_alive())
+
+    def consuming(self) -> bool:
+        """Whether requests are being taken: connected, and not stopping."""
+        return self.connected.is_set() and not self.stopping
+
+    def _queue_figures(self) -> dict[str, tuple[int, int]]:
+        return self.consumer.call(self.consumer.inspect_queues, timeout=QUEUE_READ_SECONDS)
+
     # --- connection thread --------------------------------------------------------
 
     def run(self) -> int:
         handler = threading.Thread(target=self._handle_loop, name="dbsync-handler", daemon=True)
+        self._handler = handler
         handler.start()
+        recorder = threading.Thread(
+            target=self.activity.flush_until, args=(self._stopping,), name="dbsync-activity"
+        )
+        recorder.start()
         backoff = Backoff()
         try:
             while not self.stopping:
@@ -147,9 +182,13 @@ class Worker:
                     logger.warning("broker unavailable (%s); reconnecting in %.1f s", exc, delay)
                     self._stopping.wait(delay)
         finally:
+            self._stopping.set()
             self.consumer.close()
             self.connected.clear()
             handler.join(timeout=60)
+            recorder.join()
+            self.activity.flush()
+            self._stopped.set()
         logger.info("worker stopped")
         return RET_OK
 
@@ -161,8 +200,12 @@ class Worker:
         while not self.stopping:
             self.consumer.pump(PUMP_SECONDS)
         self.consumer.stop_consuming()
-        while not self._idle.is_set():
+        while not self._is_idle():
             self.consumer.pump(PUMP_SECONDS)
+
+    def _is_idle(self) -> bool:
+        with self._taking:
+            return self._idle.is_set()
 
     # --- handler thread -----------------------------------------------------------
 
@@ -174,7 +217,10 @@ class Worker:
                 continue
             if delivery.channel_generation != self.consumer.generation:
                 continue  # its channel is gone; the broker redelivers it
-            self._idle.clear()
+            with self._taking:  # the connection thread closes only once we are idle
+                if self._stopping.is_set():
+                    break  # taken as the stop began: left unsettled, the broker requeues it
+                self._idle.clear()
             try:
                 self._process(delivery)
             except BrokerUnavailable as exc:
@@ -195,7 +241,8 @@ class Worker:
             self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
             return
         try:
-            self._publish(outcome.outgoing)
+            kind = outcome.kind or delivery.message.kind
+            self._publish(self.metrics.count_reply_bytes(kind, outcome.outgoing))
         except BrokerUnavailable:
             raise
         except Exception:
@@ -205,7 +252,9 @@ class Worker:
             self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
             return
         self._on_stage("after-reply", outcome.kind, outcome.request_id or "")
-        self.consumer.call(lambda: self.consumer.settle(delivery, outcome.disposition))
+        self.consumer.call(
+            lambda: self.consumer.settle(delivery, outcome.disposition, outcome.reason)
+        )
         self._on_stage("after-ack", outcome.kind, outcome.request_id or "")
         self._log(delivery, outcome, time.perf_counter() - started)
 
@@ -253,20 +302,13 @@ class Worker:
             hook(stage, kind, request_id)
 
     def _log(self, delivery: Delivery, outcome: Outcome, seconds: float) -> None:
+        kind = outcome.kind or delivery.message.kind
         self.metrics.observe(
-            outcome.kind or delivery.message.kind, outcome.disposition, outcome.code, seconds
-        )
-        if outcome.version is not None:
-            self.metrics.head_version.set(outcome.version)
-        level = logging.WARNING if outcome.disposition == "dead-letter" else logging.INFO
-        logger.log(
-            level,
-            "%s %s node=%s -> %s%s%s in %.1f ms",
-            outcome.kind or delivery.message.kind,
-            outcome.request_id or "-",
-            delivery.message.headers.get("node", "-"),
+            kind,
             outcome.disposition,
-            f" version={outcome.version}" if outcome.version is not None else "",
-            f" ({outcome.code or 'refused'}: {outcome.reason})" if outcome.reason else "",
-            seconds * 1000,
+            outcome.code,
+            seconds,
+            version=outcome.version,
+            request_id=outcome.request_id,
         )
+        log_request(delivery, outcome, kind, seconds)

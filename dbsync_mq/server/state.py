@@ -34,6 +34,10 @@ def initialize(engine: Engine, models: ModelSet) -> None:
         for model in models:
             model.table.create(engine, checkfirst=True)
     with write_transaction(engine) as connection:
+        try:
+            schema.add_missing_columns(connection, schema.server_metadata)
+        except ValueError as exc:
+            raise ConfigurationError(f"cannot upgrade the server database: {exc}") from None
         if connection.execute(sa.select(schema.head.c.version)).first() is None:
             connection.execute(schema.head.insert().values(id=1, version=0))
         if connection.execute(sa.select(schema.server_keys.c.id)).first() is None:
@@ -121,14 +125,13 @@ class NodeRecord:
 
 
 def find_node(connection: Connection, node_id: int) -> NodeRecord | None:
-    row = (
-        connection.execute(sa.select(schema.nodes).where(schema.nodes.c.id == node_id))
-        .mappings()
-        .first()
-    )
+    n = schema.nodes.c
+    row = connection.execute(
+        sa.select(n.id, n.public_key, n.enabled, n.user_id).where(n.id == node_id)
+    ).first()
     if row is None:
         return None
-    return NodeRecord(row["id"], row["public_key"], bool(row["enabled"]), row["user_id"])
+    return NodeRecord(row.id, row.public_key, bool(row.enabled), row.user_id)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,16 @@ def create_engine(url: str, **options: Any) -> Engine:
         raise ConfigurationError(f"bad database URL: {exc}") from exc
 
 
+@contextmanager
+def opened_engine(url: str) -> Iterator[Engine]:
+    """An engine for one command: created (see ``create_engine``), then disposed."""
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _missing_driver(url: str, exc: ImportError) -> str:
     parsed = sa.make_url(url)
     extra = DRIVER_EXTRAS.get(parsed.get_backend_name())

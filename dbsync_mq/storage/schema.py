@@ -126,8 +126,24 @@ nodes = sa.Table(
     sa.Column("user_id", sa.String(128), nullable=True),
     sa.Column("enabled", sa.Boolean, nullable=False, default=True),
     sa.Column("registered_at", sa.DateTime, nullable=False),
+    sa.Column("last_seen_at", sa.DateTime, nullable=True, doc="time of its last request"),
+    sa.Column(
+        "merged_version",
+        sa.BigInteger,
+        nullable=True,
+        doc="the last version it is known to have merged: the base of its last push or "
+        "the start of its last pull (a lower bound, recorded every few seconds)",
+    ),
+    sa.Column(
+        "forgotten_at",
+        sa.DateTime,
+        nullable=True,
+        doc="set by `dbsync-mq nodes forget`: the node is disabled for good",
+    ),
     sqlite_autoincrement=True,
 )
+"""Registered nodes. Columns added after a table was created are nullable, so that
+``dbsync-mq init`` can add them to an existing database (``add_missing_columns``)."""
 
 requests = sa.Table(
     "sync_requests",
@@ -174,3 +190,29 @@ server_keys = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 """The server's Ed25519 signing key; the newest row is the one in use."""
+
+
+def add_missing_columns(connection: sa.Connection, metadata: sa.MetaData) -> list[str]:
+    """Add to the existing tables of ``metadata`` the nullable columns they lack (a table
+    created by an older release); return them as ``table.column``. A missing column that
+    is required cannot be added this way: that is a ``ValueError``."""
+    inspector = sa.inspect(connection)
+    existing_tables = set(inspector.get_table_names())
+    added = []
+    for table in metadata.sorted_tables:
+        if table.name not in existing_tables:
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise ValueError(f"{table.name}.{column.name} is missing and cannot be added")
+            kind = column.type.compile(dialect=connection.dialect)
+            preparer = connection.dialect.identifier_preparer
+            connection.exec_driver_sql(
+                f"ALTER TABLE {preparer.format_table(table)} "
+                f"ADD COLUMN {preparer.format_column(column)} {kind}"
+            )
+            added.append(f"{table.name}.{column.name}")
+    return added

@@ -25,7 +25,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from dbsync_mq.core.messages import REQUEST_KINDS
-from dbsync_mq.errors import BrokerUnavailable, ConfigurationError
+from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, SyncError
 from dbsync_mq.transport.base import CONTENT_TYPE, Delivery, Message, Outgoing
 from dbsync_mq.transport.topology import Topology
 
@@ -77,7 +77,11 @@ def broker_address(url: str) -> str:
 
 
 def connection_parameters(
-    url: str, *, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = CONNECT_TIMEOUT_SECONDS
+    url: str,
+    *,
+    heartbeat: int = HEARTBEAT_SECONDS,
+    timeout: float = CONNECT_TIMEOUT_SECONDS,
+    name: str | None = None,
 ) -> pika.URLParameters:
     """pika's parameters for ``url``; ``ConfigurationError`` for a URL that is not AMQP."""
     scheme = urlsplit(url).scheme
@@ -94,18 +98,24 @@ def connection_parameters(
     parameters.connection_attempts = 1
     parameters.socket_timeout = timeout
     parameters.stack_timeout = timeout
+    if name is not None:  # shown in the management UI's connections and consumers
+        parameters.client_properties = {"connection_name": name}
     return parameters
 
 
 def connect(
-    url: str, *, heartbeat: int = HEARTBEAT_SECONDS, timeout: float = CONNECT_TIMEOUT_SECONDS
+    url: str,
+    *,
+    heartbeat: int = HEARTBEAT_SECONDS,
+    timeout: float = CONNECT_TIMEOUT_SECONDS,
+    name: str | None = None,
 ) -> pika.BlockingConnection:
-    """Open a blocking connection.
+    """Open a blocking connection, named ``name`` for the broker's UI if given.
 
     ``ConfigurationError`` when the broker refuses the credentials or the virtual
     host (no retry will help); ``BrokerUnavailable`` when it cannot be reached.
     """
-    parameters = connection_parameters(url, heartbeat=heartbeat, timeout=timeout)
+    parameters = connection_parameters(url, heartbeat=heartbeat, timeout=timeout, name=name)
     where = broker_address(url)
     try:
         return pika.BlockingConnection(parameters)
@@ -171,15 +181,34 @@ def delete_topology(url: str, topology: Topology, node_ids: tuple[int, ...] = ()
 
 def queue_depths(url: str, topology: Topology) -> dict[str, int]:
     """Ready messages in each request queue and the dead-letter queue."""
+    return {name: ready for name, (ready, _consumers) in queue_states(url, topology).items()}
+
+
+def queue_states(url: str, topology: Topology) -> dict[str, tuple[int, int]]:
+    """Ready messages and consumers of each request queue and the dead-letter queue."""
     connection = connect(url)
     try:
-        with broker_errors("inspect queues"):
-            channel = connection.channel()
-            depths = {}
-            for queue in (*topology.request_queues, topology.dead_letter_queue):
-                declared = channel.queue_declare(queue, passive=True)
-                depths[queue] = declared.method.message_count
-            return depths
+        return inspect_queues(connection.channel(), topology)
+    finally:
+        close_quietly(connection)
+
+
+def inspect_queues(channel: BlockingChannel, topology: Topology) -> dict[str, tuple[int, int]]:
+    """What a passive declare tells of each request queue and the dead-letter queue."""
+    with broker_errors("inspect queues"):
+        states = {}
+        for queue in (*topology.request_queues, topology.dead_letter_queue):
+            method = channel.queue_declare(queue, passive=True).method
+            states[queue] = (method.message_count, method.consumer_count)
+        return states
+
+
+def delete_queue(url: str, name: str) -> None:
+    """Delete the queue ``name`` with its messages (a queue already gone is no error)."""
+    connection = connect(url)
+    try:
+        with broker_errors(f"delete queue {name}"):
+            connection.channel().queue_delete(name)
     finally:
         close_quietly(connection)
 
@@ -194,6 +223,36 @@ def amqp_properties(message: Message, *, reply_to: str | None = None) -> pika.Ba
         headers=dict(message.headers),
         reply_to=reply_to or message.reply_to,
         timestamp=int(time.time()),
+    )
+
+
+DEAD_REASON_HEADER: Final = "x-dbsync-reason"
+"""Header of a dead letter: why the worker refused it."""
+DEAD_QUEUE_HEADER: Final = "x-dbsync-queue"
+"""Header of a dead letter: the request queue it was taken from."""
+MAX_REASON_CHARS: Final = 1000
+
+
+def dead_letter_properties(delivery: Delivery, reason: str) -> pika.BasicProperties:
+    """The delivery's properties, with why and where from; timestamped now."""
+    headers = dict(delivery.message.headers)
+    headers[DEAD_REASON_HEADER] = (reason or "refused")[:MAX_REASON_CHARS]
+    headers[DEAD_QUEUE_HEADER] = delivery.queue
+    return copied_properties(delivery.message, headers, timestamp=int(time.time()))
+
+
+def copied_properties(
+    message: Message, headers: dict[str, Any], *, timestamp: int | None = None
+) -> pika.BasicProperties:
+    """The properties of a received ``message`` to publish it again, with ``headers``."""
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=message.message_id or None,
+        correlation_id=message.correlation_id or None,
+        type=message.kind or None,
+        headers=headers,
+        reply_to=message.reply_to,
+        timestamp=timestamp,
     )
 
 
@@ -234,14 +293,17 @@ class Consumer:
         *,
         prefetch: int,
         heartbeat: int = HEARTBEAT_SECONDS,
+        name: str | None = None,
     ) -> None:
         self._url = url
+        self._name = name
         self._topology = topology
         self._on_delivery = on_delivery
         self._prefetch = prefetch
         self._heartbeat = heartbeat
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._inspector: BlockingChannel | None = None
         self._consumer_tags: list[str] = []
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
@@ -250,7 +312,7 @@ class Consumer:
     def connect(self) -> None:
         """Connect, declare the topology and start consuming every request queue."""
         self.close()
-        self._connection = connect(self._url, heartbeat=self._heartbeat)
+        self._connection = connect(self._url, heartbeat=self._heartbeat, name=self._name)
         with broker_errors("start consuming"):
             channel = self._connection.channel()
             channel.confirm_delivery()
@@ -351,19 +413,45 @@ class Consumer:
                 exchange, routing_key, item.message.body, amqp_properties(item.message)
             )
 
-    def settle(self, delivery: Delivery, disposition: str) -> None:
+    def settle(self, delivery: Delivery, disposition: str, reason: str = "") -> None:
         """Ack, dead-letter (``"dead-letter"``) or requeue a delivery (connection thread).
 
-        A delivery from an earlier connection cannot be settled: the broker
-        already put it back in its queue.
+        A dead letter goes to the dead-letter queue with ``reason`` and the queue it
+        came from in its headers (``DEAD_REASON_HEADER``, ``DEAD_QUEUE_HEADER``):
+        published with a confirm, then acknowledged. A crash in between leaves a
+        copy in both queues, never in neither. A delivery from an earlier
+        connection cannot be settled: the broker already put it back in its queue.
         """
         if delivery.channel_generation != self.generation or self._channel is None:
             raise BrokerUnavailable("the delivery's channel is gone; it will be redelivered")
         with broker_errors("settle"):
-            if disposition == "ack":
+            if disposition == "dead-letter":
+                self._channel.basic_publish(
+                    "",
+                    self._topology.dead_letter_queue,
+                    delivery.message.body,
+                    dead_letter_properties(delivery, reason),
+                    mandatory=True,  # no dead-letter queue: not acked, redelivered
+                )
+                self._channel.basic_ack(delivery.tag)
+            elif disposition == "ack":
                 self._channel.basic_ack(delivery.tag)
             else:
                 self._channel.basic_reject(delivery.tag, requeue=disposition == "requeue")
+
+    def inspect_queues(self) -> dict[str, tuple[int, int]]:
+        """Ready messages and consumers of each queue of the topology (connection thread),
+        on a channel of its own: a failed passive declare never closes the consumer's."""
+        if self._connection is None:
+            raise BrokerUnavailable("not connected")
+        if self._inspector is None or not self._inspector.is_open:
+            with broker_errors("open a channel"):
+                self._inspector = self._connection.channel()
+        try:
+            return inspect_queues(self._inspector, self._topology)
+        except SyncError:
+            self._inspector = None
+            raise
 
     def close(self) -> None:
         """Close the connection; unsettled deliveries go back to their queues."""
@@ -371,3 +459,4 @@ class Consumer:
         close_quietly(self._connection)
         self._connection = None
         self._channel = None
+        self._inspector = None

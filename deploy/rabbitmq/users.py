@@ -17,22 +17,22 @@ Apply them through the management HTTP API::
 
 or print the equivalent ``rabbitmqctl`` commands with ``--print``; or write the
 definitions file (topology, service users, their permissions) with
-``definitions``. Needs the ``dbsync_mq`` package importable, nothing else.
+``definitions``; or import such a file with ``import FILE`` (as
+``deploy/compose.yaml`` does). Needs the ``dbsync_mq`` package importable,
+nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import shlex
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 from dbsync_mq.core.messages import REQUEST_KINDS
+from dbsync_mq.errors import SyncError
+from dbsync_mq.transport.management import ManagementApi
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, Permissions, Topology
 
 DEFAULT_API = "http://127.0.0.1:15672/api"
@@ -51,41 +51,9 @@ def permissions_for(topology: Topology, role: str, node_id: int | None = None) -
     raise ValueError(f"unknown role {role!r} (a node needs its id)")
 
 
-class ManagementApi:
-    """The few calls of RabbitMQ's management HTTP API this script needs."""
-
-    def __init__(self, url: str = DEFAULT_API, admin: str = "guest:guest") -> None:
-        self.url = url.rstrip("/")
-        self._auth = "Basic " + base64.b64encode(admin.encode()).decode()
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": self._auth, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            data = response.read()
-        return json.loads(data) if data else None
-
-    def put_user(self, name: str, password: str) -> None:
-        self.call("PUT", f"/users/{_quote(name)}", {"password": password, "tags": ""})
-
-    def put_permissions(self, vhost: str, name: str, permissions: Permissions) -> None:
-        body = {
-            "configure": permissions.configure,
-            "write": permissions.write,
-            "read": permissions.read,
-        }
-        self.call("PUT", f"/permissions/{_quote(vhost)}/{_quote(name)}", body)
-
-    def delete_user(self, name: str) -> None:
-        self.call("DELETE", f"/users/{_quote(name)}")
-
-
-def _quote(part: str) -> str:
-    return urllib.parse.quote(part, safe="")
+def management_api(url: str = DEFAULT_API, admin: str = "guest:guest") -> ManagementApi:
+    """The management API at ``url`` as the administrator ``admin`` (``user:password``)."""
+    return ManagementApi("amqp://localhost/", url, credentials=admin)
 
 
 def rabbitmqctl(vhost: str, name: str, permissions: Permissions) -> list[str]:
@@ -171,6 +139,18 @@ def _binding(vhost: str, source: str, queue: str, routing_key: str) -> dict[str,
     }
 
 
+def import_definitions(api: ManagementApi, path: str) -> int:
+    """Import a definitions file (vhosts, users, permissions, topology) into the broker."""
+    with open(path, encoding="utf-8") as file:
+        body = json.load(file)
+    try:
+        api.call("POST", "/definitions", body)
+    except SyncError as exc:
+        print(f"management API: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
@@ -178,13 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", default=DEFAULT_API, help="management API URL")
     parser.add_argument("--admin", default="guest:guest", help="management user:password")
     parser.add_argument("--print", action="store_true", help="print rabbitmqctl commands")
-    parser.add_argument("role", choices=["worker", "enroll", "node", "definitions"])
-    parser.add_argument("args", nargs="*", help="[NODE_ID] USER PASSWORD")
+    parser.add_argument("role", choices=["worker", "enroll", "node", "definitions", "import"])
+    parser.add_argument("args", nargs="*", help="[NODE_ID] USER PASSWORD, or import's FILE")
     options = parser.parse_args(argv)
     topology = Topology(options.namespace)
     if options.role == "definitions":
         print(json.dumps(definitions(topology, options.vhost), indent=2))
         return 0
+    if options.role == "import":
+        if len(options.args) != 1:
+            parser.error("import takes the definitions file")
+        return import_definitions(management_api(options.api, options.admin), options.args[0])
     args = list(options.args)
     node_id = int(args.pop(0)) if options.role == "node" else None
     if len(args) != (1 if options.print else 2):
@@ -193,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.print:
         print("\n".join(rabbitmqctl(options.vhost, args[0], permissions)))
         return 0
-    api = ManagementApi(options.api, options.admin)
+    api = management_api(options.api, options.admin)
     try:
         api.put_user(args[0], args[1])
         api.put_permissions(options.vhost, args[0], permissions)
-    except urllib.error.URLError as exc:
+    except SyncError as exc:
         print(f"management API: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -22,6 +22,7 @@ from tests.reliability.conftest import (
     assert_converged,
     assert_exactly_once,
     converge,
+    wait_until,
     with_application_name,
 )
 
@@ -79,9 +80,9 @@ def _record_settlements(worker) -> list[tuple[str, str]]:
     settled: list[tuple[str, str]] = []
     settle = worker.consumer.settle
 
-    def spy(delivery, disposition: str) -> None:
+    def spy(delivery, disposition: str, reason: str = "") -> None:
         settled.append((delivery.message.message_id, disposition))
-        settle(delivery, disposition)
+        settle(delivery, disposition, reason)
 
     worker.consumer.settle = spy
     return settled
@@ -142,8 +143,9 @@ def test_a_push_whose_database_connection_is_terminated_is_retried_unacked_then_
     assert _retries(worker) == 2
     # without settling the message, then it was applied once and acked
     assert result.version == 1
-    push_settlements = [d for message_id, d in settled if message_id == push_id]
-    assert push_settlements == ["ack"]
+    # (the node may read its reply before the worker has settled the message)
+    wait_until(lambda: (push_id, "ack") in settled, 10, "the push to be acknowledged")
+    assert [d for message_id, d in settled if message_id == push_id] == ["ack"]
     converge([a, b])
     assert_converged(probe, [a, b])
     assert_exactly_once(probe, ledger, request.node.name, ["outage"], accepted)

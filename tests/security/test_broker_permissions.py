@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import urllib.error
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 
 from dbsync_mq import SyncClient, commands
 from dbsync_mq.config import WorkerConfig
+from dbsync_mq.errors import SyncError
 from dbsync_mq.transport.topology import Topology
 from tests import services
 from tests.conftest import MODELS, ThreadedWorker, write
@@ -58,10 +58,10 @@ def test_the_committed_definitions_file_is_the_one_the_script_writes():
 @pytest.fixture
 def vhost(broker_url: str) -> Iterator[tuple[Any, str, Callable[[str, str], str]]]:
     """A virtual host of its own with its users, removed afterwards."""
-    api = users.ManagementApi()
+    api = users.management_api()
     try:
         api.call("GET", "/overview")
-    except (urllib.error.URLError, OSError) as exc:
+    except SyncError as exc:
         services.unavailable("RabbitMQ management API on 127.0.0.1:15672", str(exc))
     name = f"dbsync-test-{uuid.uuid4().hex[:12]}"
     quoted = urllib.parse.quote(name, safe="")
@@ -261,5 +261,5 @@ def test_the_definitions_file_imports_with_its_users_and_permissions(vhost):
         assert queues == set(Topology(NAMESPACE).request_queues) | {f"{NAMESPACE}.dead"}
     finally:
         for user in renamed.values():
-            with contextlib.suppress(urllib.error.HTTPError):
+            with contextlib.suppress(SyncError):
                 api.delete_user(user)

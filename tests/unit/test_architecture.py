@@ -179,7 +179,11 @@ def test_only_the_rabbitmq_transport_modules_import_pika() -> None:
         if any(top(module) == "pika" for module in imports_of(path))
     }
 
-    assert importers == {"dbsync_mq/transport/rabbitmq.py", "dbsync_mq/transport/node.py"}
+    assert importers == {
+        "dbsync_mq/transport/rabbitmq.py",
+        "dbsync_mq/transport/node.py",
+        "dbsync_mq/transport/dead_letters.py",
+    }
 
 
 PUBLIC_NAMES = {

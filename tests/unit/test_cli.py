@@ -17,7 +17,29 @@ from dbsync_mq.cli import main
 from dbsync_mq.storage import schema
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = sorted(main.commands)
+
+
+def _paths(group: click.Group, prefix: str = "") -> list[str]:
+    """Every command as it is typed after ``dbsync-mq``: ``init``, ``nodes list``..."""
+    found = []
+    for name, command in group.commands.items():
+        found.append(prefix + name)
+        if isinstance(command, click.Group):
+            found += _paths(command, f"{prefix}{name} ")
+    return sorted(found)
+
+
+COMMANDS = _paths(main)
+
+
+def command_at(path: str) -> click.Command:
+    command: click.Command = main
+    for name in path.split():
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
 # No broker, whatever the environment running the tests says.
 NO_SERVICES_ENV = {
     "DBSYNC_BROKER_URL": None,
@@ -41,17 +63,25 @@ def test_the_top_level_help_lists_every_command() -> None:
 
     assert result.exit_code == 0, result.output
     assert "Offline-first synchronization" in result.stdout
-    for name in COMMANDS:
+    for name in main.commands:
         assert re.search(rf"^\s+{name}\s+\S", result.stdout, re.MULTILINE), name
+
+
+def test_the_operator_commands_are_groups_with_subcommands() -> None:
+    assert {"nodes list", "nodes show", "nodes forget", "nodes disable", "nodes enable"} <= set(
+        COMMANDS
+    )
+    assert {"dead-letters list", "dead-letters show", "dead-letters requeue"} <= set(COMMANDS)
+    assert "dead-letters purge" in COMMANDS
 
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_has_help_with_a_description(name: str) -> None:
-    command: click.Command = main.commands[name]
+    command = command_at(name)
     description = (command.help or "").strip()
     assert description, f"{name} has no description"
 
-    result = CliRunner().invoke(main, [name, "--help"], env=NO_SERVICES_ENV)
+    result = CliRunner().invoke(main, [*name.split(), "--help"], env=NO_SERVICES_ENV)
 
     assert result.exit_code == 0, result.output
     assert f" {name} [OPTIONS]" in result.stdout
@@ -61,7 +91,8 @@ def test_every_command_has_help_with_a_description(name: str) -> None:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_is_documented_in_the_readme_or_docs(name: str) -> None:
     # Documented means shown as it is typed: `dbsync-mq <command>`.
-    documented = re.search(rf"dbsync-mq\s+{name}\b", documentation()) is not None
+    spelled = r"\s+".join(re.escape(word) for word in name.split())
+    documented = re.search(rf"dbsync-mq\s+{spelled}\b", documentation()) is not None
 
     assert documented, f"`dbsync-mq {name}` appears neither in README.md nor under docs/"
 
@@ -104,7 +135,7 @@ MISSING_DRIVER_URL = "postgresql+psycopg://app@127.0.0.1:1/app"
 
 
 def commands_with(option: str) -> list[str]:
-    return [name for name in COMMANDS if any(p.name == option for p in main.commands[name].params)]
+    return [name for name in COMMANDS if any(p.name == option for p in command_at(name).params)]
 
 
 @pytest.mark.parametrize("name", commands_with("database_url"))
@@ -113,13 +144,18 @@ def test_a_missing_postgresql_driver_is_one_line_naming_the_extra(
 ) -> None:
     # Given a machine without psycopg
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    arguments = {"disable": ["1"], "enable": ["1"], "teardown": ["--namespace", "app"]}
-    for name in commands_with("models"):
-        arguments[name] = ["--models", "tests.models"]
+    arguments = {"teardown": ["--namespace", "app"], "dead-letters show": ["id"]}
+    for node_command in ("disable", "enable", "nodes disable", "nodes enable", "nodes show"):
+        arguments[node_command] = ["1"]
+    arguments["nodes forget"] = ["1", "--yes"]
+    for with_models in commands_with("models"):
+        arguments[with_models] = ["--models", "tests.models"]
 
     # When a command is given a PostgreSQL URL
     result = CliRunner().invoke(
-        main, [name, "--db", MISSING_DRIVER_URL, *arguments.get(name, [])], env=NO_SERVICES_ENV
+        main,
+        [*name.split(), "--db", MISSING_DRIVER_URL, *arguments.get(name, [])],
+        env=NO_SERVICES_ENV,
     )
 
     # Then it fails with one line that says what to install, never a traceback
