@@ -131,8 +131,10 @@ def _check_change(models: ModelSet, change: Change) -> None:
     composite = len(model.key_columns) > 1
     if len(key_parts) != len(model.key_columns) or isinstance(change.key, tuple) != composite:
         raise RequestRefused("malformed", f"{change.table}: key {change.key!r} has the wrong width")
+    # The key is checked like a row of its columns before it is compared with the row's own
+    # (a signaling NaN cannot even be compared).
+    check_row(model.table, dict(zip(model.key_columns, key_parts, strict=True)))
     if change.command == DELETE:
-        check_row(model.table, dict(zip(model.key_columns, key_parts, strict=True)))
         return
     if change.values is None:
         raise RequestRefused("malformed", f"{change.table}: insert or update without a row")

@@ -517,6 +517,16 @@ PUSH_CONTENT = [
         "unknown-table",
     ),
     _push_case("a quoted table name", lambda t: [Change('"city"', 1, DELETE, 1)], "unknown-table"),
+    _push_case(
+        "an insert keyed by a signaling NaN",
+        lambda t: [Change("city", Decimal("sNaN"), INSERT, 1, {"id": 100, "name": "x"})],
+        "type-mismatch",
+    ),
+    _push_case(
+        "an update keyed by a string",
+        lambda t: [Change("city", "100", UPDATE, 1, {"id": 100, "name": "x"})],
+        "type-mismatch",
+    ),
     _push_case("an unknown column", lambda t: [_city(secret="x")], "unknown-column"),
     _push_case(
         "SQL in a column name", lambda t: [_city(**{"name = 'x'; --": 1})], "unknown-column"
