@@ -121,7 +121,7 @@ class SyncClient:
             raise ConfigurationError(
                 f"max_message_bytes must be from {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}"
             )
-        self.engine = prepare(engine, node=True)
+        self.engine = prepare(engine, shared=True)
         self.models = ModelSet.of(models)
         self.topology = Topology(namespace, node_queue_expiry_ms=int(reply_queue_ttl * 1000))
         self.conflict_policy = conflict_policy

@@ -34,9 +34,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     ledger = session.config.stash.get(_LEDGER, None)
+    worker_output = getattr(session.config, "workeroutput", None)  # a pytest-xdist worker
+    if worker_output is not None:
+        if ledger is not None and ledger.touched:
+            worker_output["dbsync_ledger"] = {"totals": ledger.totals(), "by_test": ledger.by_test}
+        return
     cache = getattr(session.config, "cache", None)  # absent with -p no:cacheprovider
     if ledger is not None and ledger.touched and cache is not None:
         cache.set(CACHE_KEY, {**ledger.totals(), "by_test": ledger.by_test})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Fold a pytest-xdist worker's ledger into the session's."""
+    counts = getattr(node, "workeroutput", {}).get("dbsync_ledger")
+    if counts is not None:
+        node.config.stash[_LEDGER].absorb(counts["totals"], counts["by_test"])
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

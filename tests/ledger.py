@@ -57,6 +57,14 @@ class Ledger:
         self.operations_doubled += max(0, versions - pushes)
         self._add(test, "pushes", pushes)
 
+    def absorb(self, totals: dict[str, int], by_test: dict[str, dict[str, int]]) -> None:
+        """Add the counts another process of the same session made (a pytest-xdist worker)."""
+        for name, count in totals.items():
+            setattr(self, name, getattr(self, name) + count)
+        for test, entry in by_test.items():
+            for what, count in entry.items():
+                self._add(test, what, count)
+
     @property
     def touched(self) -> bool:
         return bool(self.by_test)

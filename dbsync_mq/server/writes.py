@@ -117,9 +117,10 @@ def install(
 
     ``models`` defaults to every tracked model. Writes that bypass the ORM (raw
     SQL) are not seen. ``clock`` (seconds, like ``time.time``) stamps the
-    changes. Returns the capture.
+    changes. Returns the capture. On SQLite the engine's transactions then take the
+    write lock as they begin, as a node's do (see ``storage.engine.prepare``).
     """
-    prepare(engine, foreign_keys=True)
+    prepare(engine, foreign_keys=True, shared=True)
     writer = VersionWriter(ModelSet.of(models), clock)
     tracking.attach(engine, writer)
     if not event.contains(engine, "commit", _forget):

@@ -66,7 +66,7 @@ def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def prepare(engine: Engine, *, foreign_keys: bool = False, node: bool = False) -> Engine:
+def prepare(engine: Engine, *, foreign_keys: bool = False, shared: bool = False) -> Engine:
     """Make ``engine``'s transactions real on SQLite; idempotent, harmless elsewhere.
 
     Every transaction starts at ``BEGIN`` rather than at the first write (pysqlite's
@@ -74,22 +74,25 @@ def prepare(engine: Engine, *, foreign_keys: bool = False, node: bool = False) -
     makes SQLite enforce foreign keys on every connection, as the server does so
     that bad pushes are refused.
 
-    ``node`` is for a node's database, which the application and the sync write
-    at once (a background agent, another process): it uses WAL (readers never
-    wait for a writer), waits up to ``NODE_BUSY_TIMEOUT_MS`` for the write lock,
-    and starts the application's transactions with ``BEGIN IMMEDIATE``. A
-    transaction that reads and then writes would otherwise fail with "database
-    is locked" whenever the sync committed between its read and its write:
-    SQLite cannot upgrade such a transaction, and does not wait for it.
+    ``shared`` is for a database the application and the sync write at once (a
+    node's, with its agent or another process; a server's whose application writes
+    through ``install`` while a worker runs): it uses WAL (readers never wait for a
+    writer), waits up to ``NODE_BUSY_TIMEOUT_MS`` for the write lock, and starts
+    the application's transactions with ``BEGIN IMMEDIATE``. A transaction that
+    reads and then writes would otherwise fail with "database is locked" whenever
+    the sync committed between its read and its write: SQLite cannot upgrade such
+    a transaction, and does not wait for it. Asking for ``shared`` on an engine
+    prepared without it upgrades it (for the connections opened from then on).
     """
-    if not is_sqlite(engine) or any(
-        event.contains(engine, "begin", listener) for listener in (_begin, _begin_node)
-    ):
+    if not is_sqlite(engine) or event.contains(engine, "begin", _begin_shared):
         return engine
-    event.listen(engine, "begin", _begin_node if node else _begin)
-    if foreign_keys:
+    if shared and event.contains(engine, "begin", _begin):
+        event.remove(engine, "begin", _begin)
+    if not event.contains(engine, "begin", _begin):
+        event.listen(engine, "begin", _begin_shared if shared else _begin)
+    if foreign_keys and not event.contains(engine, "connect", _enforce_foreign_keys):
         event.listen(engine, "connect", _enforce_foreign_keys)
-    if node:
+    if shared:
         event.listen(engine, "connect", _share_with_the_application)
     return engine
 
@@ -115,7 +118,7 @@ def _begin(connection: Connection) -> None:
     _start(connection, application="read")
 
 
-def _begin_node(connection: Connection) -> None:
+def _begin_shared(connection: Connection) -> None:
     _start(connection, application="write")
 
 

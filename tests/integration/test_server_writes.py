@@ -178,3 +178,38 @@ def test_concurrent_server_writes_and_pushes_leave_no_gap_and_lose_nothing(
     for node in nodes:
         node.sync()
         assert table_rows(node.engine) == table_rows(server_engine)
+
+
+@pytest.mark.parametrize("server_url", ["sqlite"], indirect=True)
+def test_an_admin_transaction_overlapping_a_push_on_a_sqlite_server_commits_and_so_does_the_push(
+    make_node, worker, server_engine
+):
+    # Given a node with a write to push, and an admin transaction on the server that has
+    # read before the push arrives
+    node = make_node("a")
+    write(node.engine, City(name="from the node"))
+    committed = threading.Event()
+    worker.add_stage_hook(lambda stage, _kind, _rid: stage == "after-commit" and committed.set())
+    outcome: list[object] = []
+    with Session(server_engine) as session:
+        before = session.scalars(sa.select(City.name)).all()
+
+        # When the node pushes meanwhile (the worker commits, or waits for the admin: up to
+        # three seconds are given to it), and the admin then writes what it read
+        pushing = threading.Thread(target=lambda: outcome.append(node.sync()))
+        pushing.start()
+        committed.wait(3)
+        session.add(City(name=f"admin after {len(before)} cities"))
+        session.commit()
+    pushing.join(30)
+
+    # Then both are versions, and the node holds the admin's row
+    assert not pushing.is_alive()
+    [result] = outcome
+    assert result.pushed == 1
+    node.sync()
+    assert [node_id is None for _v, node_id in versions(server_engine)] in (
+        [False, True],
+        [True, False],
+    )
+    assert table_rows(node.engine) == table_rows(server_engine)

@@ -261,7 +261,9 @@ def test_a_push_redelivered_to_a_second_worker_after_the_first_lost_the_broker_i
         assert result.pushed == 1
         assert [(p.request_id, p.version) for p in accepted.pushes] == [(request_id, 1)]
         assert inflight_ids(node) == []
-        # and it was the second worker that answered the redelivery, from the stored reply
+        # and it was the second worker that answered the redelivery, from the stored reply (it
+        # logs the answer once it is acknowledged, which may be after the node has read it)
+        wait_until(lambda: _answered_lines(second, request_id), 20, "the second worker's answer")
         [answered] = _answered_lines(second, request_id)
         assert re.search(rf"push {request_id} node=\d+ -> ack in ", answered), answered
 
