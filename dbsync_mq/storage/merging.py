@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core import codec
-from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.changeset import decode_signed
 from dbsync_mq.core.collisions import Rekey
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, plan_merge
@@ -208,14 +208,14 @@ def merge_pulled(
     _forget_vanished(connection, operations, local_changes)
     merged = Merged()
     if local_changes:
-        changes = [change for chunk in pulled.chunks for change in decode_changes(chunk)]
+        changes = [change for chunk in pulled.chunks for change in decode_signed(chunk)]
         _merge_batch(
             connection, models, local_changes, changes, pulled.parents, policy, stamp, merged
         )
         return merged
     deferred: list[Change] = []
     for chunk in pulled.chunks:
-        changes = decode_changes(chunk)
+        changes = decode_signed(chunk)
         try:
             _merge_batch(connection, models, [], changes, {}, policy, stamp, merged)
         except UniqueConstraintError:
