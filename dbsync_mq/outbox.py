@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 
 from sqlalchemy.engine import Connection
 
@@ -38,7 +37,17 @@ def attach_rows(
         elif change.row_key in rows:
             row = rows[change.row_key]
             extensions = load_data(models.get(change.table), row)
-            ready.append(replace(change, values=row, extensions=extensions))
+            ready.append(
+                Change(
+                    change.table,
+                    change.key,
+                    change.command,
+                    change.hlc,
+                    row,
+                    change.clocks,
+                    extensions,
+                )
+            )
         else:
             logger.warning("%s row %r vanished without a logged delete", change.table, change.key)
             if change.command == UPDATE:

@@ -139,7 +139,7 @@ class EncodeBench:
         lap("seal")
         ids = tuple(operation.order for operation in operations)
         with write_transaction(engine) as connection:
-            local.save_inflight(connection, local.InFlight(request.request_id, 0, sealed, ids))
+            local.save_inflight(connection, local.InFlight(request.request_id, 0, (sealed,), ids))
         lap("record in flight")
         self.publish()
         lap("publish")
