@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
-from dbsync_mq.storage.driver import writer_for
+from dbsync_mq.storage.driver import key_lookup, writer_for
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.values import stored_row, wire_converters, wire_row
 
@@ -45,10 +45,15 @@ def read_rows(connection: Connection, model: TrackedModel, keys: Iterable[Key]) 
     at = [names.index(name) for name in model.key_columns]
     convert = wire_converters(table)
     found: dict[Key, Row] = {}
+    lookup = key_lookup(connection.dialect, table, model.key_columns)
     for chunk in batches(list(keys)):
-        statement = sa.select(table).where(_key_condition(model, chunk))
-        for row in connection.execute(statement).all():  # fetchall: not a call per row
-            values = list(row)
+        if lookup is not None and lookup.rows_sql is not None:
+            rows: Sequence[Sequence[Any]] = lookup.rows(connection, chunk)
+        else:
+            statement = sa.select(table).where(_key_condition(model, chunk))
+            rows = connection.execute(statement).all()  # fetchall: not a call per row
+        for row in rows:
+            values = row if isinstance(row, list) else list(row)
             for position, to_wire in convert:  # as wire_row does, a column at a time
                 values[position] = to_wire(values[position])
             key = values[at[0]] if len(at) == 1 else tuple(values[i] for i in at)
@@ -70,8 +75,15 @@ def read_row_keys(
 def existing_keys(connection: Connection, model: TrackedModel, keys: Iterable[Key]) -> set[Key]:
     """Which of ``keys`` exist in ``model``'s table."""
     columns = [model.table.c[name] for name in model.key_columns]
+    keys = list(keys)
     found: set[Key] = set()
-    for chunk in batches(list(keys)):
+    if not keys or connection.execute(sa.select(columns[0]).limit(1)).first() is None:
+        return found  # an empty table, as a new node's: no key to look for
+    lookup = key_lookup(connection.dialect, model.table, model.key_columns)
+    for chunk in batches(keys):
+        if lookup is not None:
+            found.update(lookup.existing(connection, chunk))
+            continue
         statement = sa.select(*columns).where(_key_condition(model, chunk))
         for row in connection.execute(statement).all():
             found.add(row[0] if len(columns) == 1 else tuple(row))

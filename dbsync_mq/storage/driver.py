@@ -23,6 +23,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from operator import itemgetter
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -49,17 +50,12 @@ class InsertWriter:
     def parameters(self, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Driver parameters for ``rows`` (mappings holding every column of the writer),
         datetimes in UTC as ``values.stored_row`` puts them."""
-        columns = self.columns
-        processors = self.processors
-        prepared: list[tuple[Any, ...]] = []
-        for row in rows:
-            values = [row[name] for name in columns]
-            for position, process in processors:
-                value = values[position]
-                if value is not None:
-                    values[position] = process(value)
-            prepared.append(tuple(values))
-        return prepared
+        pick = itemgetter(*self.columns)
+        if len(self.columns) == 1:
+            return [(pick(row),) for row in rows]
+        if not self.processors:
+            return [pick(row) for row in rows]
+        return self.positional([pick(row) for row in rows])
 
     def positional(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """Driver parameters for ``rows`` given as values in the writer's column order."""
@@ -180,3 +176,95 @@ def writer_for(dialect: Dialect, table: sa.Table, columns: tuple[str, ...]) -> I
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         copy_sql = "COPY {} ({}) FROM STDIN".format(target, ", ".join(names))
     return InsertWriter(sql, columns, tuple(processors), copy_sql)
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    """Which keys of a one-column key exist, asked through the driver."""
+
+    sql: str
+    """The query up to the ``IN`` list, which each batch completes."""
+    marker: str
+    process: Processor | None
+    result: Processor | None
+
+    rows_sql: str | None
+    """The same for whole rows, columns in table order."""
+    results: tuple[tuple[int, Processor], ...]
+    """(position, result processor) of the columns that have one, for whole rows."""
+
+    def existing(self, connection: Connection, keys: Sequence[Any]) -> list[Any]:
+        """Those of ``keys`` (at most a few hundred) that the table holds."""
+        found = [row[0] for row in self._run(connection, self.sql, keys)]
+        return found if self.result is None else [self.result(key) for key in found]
+
+    def rows(self, connection: Connection, keys: Sequence[Any]) -> list[list[Any]]:
+        """The rows with those of ``keys`` (at most a few hundred) that the table holds,
+        as lists of values in column order, as SQLAlchemy would return them."""
+        if self.rows_sql is None:
+            raise ValueError("rows are read through SQLAlchemy on this database")
+        found = [list(row) for row in self._run(connection, self.rows_sql, keys)]
+        for values in found:
+            for position, process in self.results:
+                value = values[position]
+                if value is not None:
+                    values[position] = process(value)
+        return found
+
+    def _run(self, connection: Connection, sql: str, keys: Sequence[Any]) -> Sequence[Any]:
+        process = self.process
+        values = tuple(keys if process is None else [process(key) for key in keys])
+        statement = "{}({})".format(sql, ", ".join([self.marker] * len(values)))
+        return connection.exec_driver_sql(statement, values).all()
+
+
+@lru_cache(maxsize=1024)
+def key_lookup(dialect: Dialect, table: sa.Table, key_columns: tuple[str, ...]) -> KeyLookup | None:
+    """The lookup of ``table``'s keys on SQLite (a node's database), or ``None`` (another
+    database, a composite key, a type that wraps its parameter in SQL: use a Core statement).
+    SQLite's result conversions do not depend on the driver's type codes; elsewhere
+    SQLAlchemy reads them from the cursor, and so does the Core statement."""
+    if len(key_columns) != 1 or dialect.name != "sqlite":
+        return None
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+    quote = dialect.identifier_preparer
+    key, target = quote.quote(key_columns[0]), quote.format_table(table)
+    if marker is None or (marker == "%s" and "%" in key + target):
+        return None
+    try:
+        column_type = table.c[key_columns[0]].type.dialect_impl(dialect)
+        if _wraps_sql(column_type):
+            return None
+        bind, result = (
+            column_type.bind_processor(dialect),
+            column_type.result_processor(dialect, None),
+        )
+        rows_sql, results = _rows_query(dialect, table, target, key)
+    except Exception:  # a type that needs the driver's type code: use Core
+        return None
+    return KeyLookup(
+        f"SELECT {key} FROM {target} WHERE {key} IN ", marker, bind, result, rows_sql, results
+    )
+
+
+def _wraps_sql(column_type: Any) -> bool:
+    return bool(
+        getattr(column_type, "_has_bind_expression", True)
+        or getattr(column_type, "_has_column_expression", True)
+    )
+
+
+def _rows_query(
+    dialect: Dialect, table: sa.Table, target: str, key: str
+) -> tuple[str | None, tuple[tuple[int, Processor], ...]]:
+    """Whole rows through the driver, or ``None`` if a column wraps its value in SQL."""
+    results = []
+    for position, column in enumerate(table.c):
+        impl = column.type.dialect_impl(dialect)
+        if _wraps_sql(impl):
+            return None, ()
+        process = impl.result_processor(dialect, None)
+        if process is not None:
+            results.append((position, process))
+    names = ", ".join(dialect.identifier_preparer.quote(column.name) for column in table.c)
+    return f"SELECT {names} FROM {target} WHERE {key} IN ", tuple(results)
