@@ -314,6 +314,7 @@ class SyncClient:
             with (
                 self._channel().call(messages.REPAIR, {}, extra_data) as replies,
                 write_transaction(self.engine) as connection,
+                collector_paused(),
             ):
                 result = self._replace_tables(connection, replies, progress)
                 connection.execute(schema.operations.delete())

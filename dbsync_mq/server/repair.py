@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbsync_mq.config import REPAIR_CHUNK_ROWS
 from dbsync_mq.core.changeset import encode_changes, encode_insert_parts
 from dbsync_mq.core.model import INSERT, Change
+from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.storage.engine import snapshot_transaction
 from dbsync_mq.storage.models import ModelSet, TrackedModel
@@ -67,13 +68,14 @@ def current_values(
     statement = sa.select(table).order_by(*(table.c[name] for name in model.key_columns))
     result = connection.execution_options(yield_per=chunk_rows).execute(statement)
     for partition in result.partitions():
-        rows = []
-        for row in partition:
-            values = list(row)
-            for position, to_wire in convert:
-                values[position] = to_wire(values[position])
-            key = values[at[0]] if len(at) == 1 else [values[i] for i in at]
-            rows.append([key, values])
+        with collector_paused():  # many small lists, all alive until packed
+            rows = []
+            for row in partition:
+                values = list(row)
+                for position, to_wire in convert:
+                    values[position] = to_wire(values[position])
+                key = values[at[0]] if len(at) == 1 else [values[i] for i in at]
+                rows.append([key, values])
         yield rows
 
 
