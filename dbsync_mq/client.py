@@ -510,7 +510,7 @@ class SyncClient:
         self, identity: local.Identity, extra_data: Mapping[str, Any] | None
     ) -> tuple[local.InFlight, int] | None:
         node = self._channel()
-        with read_transaction(self.engine) as connection:
+        with read_transaction(self.engine) as connection, collector_paused():
             operations = local.unpushed(connection)
             held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
             if held:

@@ -38,7 +38,9 @@ def _rows(engine: sa.Engine, table: sa.Table) -> list[tuple[object, ...]]:
         return [tuple(row) for row in connection.execute(sa.select(table).order_by(table.c.id))]
 
 
-def test_new_rows_are_inserted_with_the_stamps_they_carry_and_nothing_is_logged(tmp_path: Path) -> None:
+def test_new_rows_are_inserted_with_the_stamps_they_carry_and_nothing_is_logged(
+    tmp_path: Path,
+) -> None:
     # Given a new node, and a chunk that lists a person before the city it lives in
     engine = _node(tmp_path / "node.db")
     person = Change("person", 1, INSERT, 7, {"id": 1, "name": "Ana", "city_id": 2})
