@@ -284,7 +284,7 @@ def stored_sections(data: bytes) -> Iterator[tuple[str, list[str], Iterator[list
             raise ProtocolError(_SECTION)
         table, columns = reader.read(), reader.read()
         count = _array(reader, f"changes: rows of {table!r} must be an array")
-        yield table, columns, (reader.read() for _ in range(count))
+        yield table, columns, reader.items(count)
 
 
 def encode_sections(sections: Sequence[Section]) -> bytes:

@@ -35,7 +35,7 @@ import datetime as dt
 import io
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -274,6 +274,15 @@ class Reader:
         """The next value, whole."""
         try:
             return self._unpacker.unpack()
+        except Exception as exc:
+            raise _undecodable(exc) from None
+
+    def items(self, count: int) -> Iterator[Any]:
+        """The next ``count`` values, each whole, one at a time."""
+        unpack = self._unpacker.unpack
+        try:
+            for _ in range(count):
+                yield unpack()
         except Exception as exc:
             raise _undecodable(exc) from None
 
