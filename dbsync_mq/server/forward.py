@@ -22,6 +22,7 @@ from typing import Any, Final
 from dbsync_mq.core import codec
 from dbsync_mq.core.changeset import Section, encode_sections, stored_sections
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE
+from dbsync_mq.runtime import collector_paused
 
 _EXACT_KEY_EXTENSIONS: Final = frozenset((codec.EXT_DATE, codec.EXT_UUID, codec.EXT_BIGINT))
 """Extension types whose packed form is one per value: two keys are the same row exactly
@@ -95,8 +96,13 @@ def packed_chunks(rows: Iterable[StoredRow], changes: int, max_bytes: int) -> It
     """The rows packed as change lists of at most ``changes`` rows and about
     ``max_bytes`` (halved where larger; one row travels alone whatever its size)."""
     stream = iter(rows)
-    while chunk := list(islice(stream, changes)):
-        yield from _fitted(chunk, max_bytes)
+    while True:
+        with collector_paused():  # a chunk's rows all stay alive until it is packed
+            chunk = list(islice(stream, changes))
+            packed = _fitted(chunk, max_bytes) if chunk else []
+        if not packed:
+            return
+        yield from packed
 
 
 def _fitted(chunk: Sequence[StoredRow], max_bytes: int) -> list[bytes]:

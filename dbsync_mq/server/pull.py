@@ -31,6 +31,7 @@ from dbsync_mq.core.changeset import encode_changes, encode_parts, iter_changes
 from dbsync_mq.core.compression import compress_pull, compress_pull_stream, last_occurrences
 from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
+from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import forward, state
 from dbsync_mq.server.repair import current_rows
 from dbsync_mq.storage import schema
@@ -220,9 +221,15 @@ def _bodies(
     parents: dict[RowKey, Row] = {}
     waiting: bytes | None = None
     stream = iter(changes)
-    while chunk := list(islice(stream, sizes.changes)):
-        parents.update(referenced_rows(connection, models, chunk, deleted - parents.keys()))
-        for packed in encode_parts(chunk, sizes.max_bytes - REPLY_ROOM):
+    while True:
+        with collector_paused():  # a chunk's changes all stay alive until it is packed
+            chunk = list(islice(stream, sizes.changes))
+            if chunk:
+                parents.update(referenced_rows(connection, models, chunk, deleted - parents.keys()))
+                parts = encode_parts(chunk, sizes.max_bytes - REPLY_ROOM)
+        if not chunk:
+            break
+        for packed in parts:
             if waiting is not None:
                 yield _body(range_.head, waiting, [], [])
             waiting = packed
