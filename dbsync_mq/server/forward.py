@@ -8,14 +8,16 @@ arrays, their values left packed (datetimes, decimals... are never decoded), and
 packed again a chunk at a time. A range that does not qualify, found while it is
 surveyed, goes the general way (``server.pull``).
 
-A range is read once when it is small (its rows are kept from the survey), twice
-when it is large (a survey keeping one key per row, then the rows a chunk at a
-time), as the general way does.
+The survey keeps a key per row and packs the chunks as it goes: a range whose
+chunks come to at most ``PACKED_BUDGET`` bytes (packed and deflated: several
+hundred thousand typical rows) is read once; a longer one is read a second time as it
+is sent, a chunk at a time, so that what a worker holds stays bounded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Final
 
@@ -27,6 +29,10 @@ from dbsync_mq.runtime import collector_paused
 _EXACT_KEY_EXTENSIONS: Final = frozenset((codec.EXT_DATE, codec.EXT_UUID, codec.EXT_BIGINT))
 """Extension types whose packed form is one per value: two keys are the same row exactly
 when their bytes are equal. (Two packings of one decimal or datetime may differ.)"""
+
+PACKED_BUDGET: Final = 16 * 1024 * 1024
+"""Bytes of packed chunks a survey keeps to send, so that a range is read once: four
+replies' worth. A longer range is read a second time as it is sent."""
 
 StoredRow = tuple[str, list[str], list[Any]]
 """A row as stored: its table, its section's columns, its packed array."""
@@ -63,33 +69,58 @@ def _forwarded(row: list[Any]) -> list[Any]:
     return row
 
 
-def survey(versions: Iterable[bytes], pulled: set[str], keep: bool) -> list[StoredRow] | None:
+@dataclass(frozen=True)
+class Chunking:
+    """How forwarded rows are cut: at most ``changes`` rows and about ``max_bytes`` a
+    chunk; a survey keeps at most ``budget`` bytes of packed chunks to send."""
+
+    changes: int
+    max_bytes: int
+    budget: int = PACKED_BUDGET
+
+
+def survey(versions: Iterable[bytes], pulled: set[str], chunking: Chunking) -> list[bytes] | None:
     """Check that every row of ``versions`` (stored packed changes, in order) can be
-    forwarded; return the rows when ``keep``. Raises ``NotForwardable``."""
+    forwarded, packing the chunks as it goes; return them, or ``None`` if they came to
+    more than the budget (the range is then read again: ``stored_rows``). Raises
+    ``NotForwardable``."""
     seen: set[tuple[str, Any]] = set()
-    kept: list[StoredRow] = []
-    for packed in versions:
-        for table, columns, rows in stored_sections(packed):
-            for row in rows:
-                if table not in pulled:
-                    continue
-                identity = (table, _key(row[1]))
-                if identity in seen:
-                    raise NotForwardable
-                seen.add(identity)
-                forwarded = _forwarded(row)
-                if keep:
-                    kept.append((table, columns, forwarded))
-    return kept if keep else None
+    chunk: list[StoredRow] = []
+    packed: list[bytes] | None = []
+    size = 0
+    for table, columns, row in _pulled_rows(versions, pulled):
+        identity = (table, _key(row[1]))
+        if identity in seen:
+            raise NotForwardable
+        seen.add(identity)
+        forwarded = _forwarded(row)
+        if packed is None:
+            continue
+        chunk.append((table, columns, forwarded))
+        if len(chunk) == chunking.changes:
+            parts = _fitted(chunk, chunking.max_bytes)
+            packed.extend(parts)
+            size += sum(len(part) for part in parts)
+            chunk = []
+            if size > chunking.budget:
+                packed = None  # too long to keep: read again when sending
+    if packed is not None and chunk:
+        packed.extend(_fitted(chunk, chunking.max_bytes))
+    return packed
 
 
-def stored_rows(versions: Iterable[bytes], pulled: set[str]) -> Iterator[StoredRow]:
-    """The rows of ``versions`` to pulled tables, as ``survey`` found them fit."""
+def _pulled_rows(versions: Iterable[bytes], pulled: set[str]) -> Iterator[StoredRow]:
     for packed in versions:
         for table, columns, rows in stored_sections(packed):
             for row in rows:
                 if table in pulled:
-                    yield table, columns, _forwarded(row)
+                    yield table, columns, row
+
+
+def stored_rows(versions: Iterable[bytes], pulled: set[str]) -> Iterator[StoredRow]:
+    """The rows of ``versions`` to pulled tables, as ``survey`` found them fit."""
+    for table, columns, row in _pulled_rows(versions, pulled):
+        yield table, columns, _forwarded(row)
 
 
 def packed_chunks(rows: Iterable[StoredRow], changes: int, max_bytes: int) -> Iterator[bytes]:

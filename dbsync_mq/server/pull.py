@@ -175,13 +175,15 @@ def _forwarded(range_: _Range, sizes: ReplySizes) -> Iterator[bytes] | None:
     some of the range or waits for parents of its deletes."""
     if range_.own or range_.query.deleted:
         return None
-    small = range_.operations <= sizes.in_memory
+    chunking = forward.Chunking(sizes.changes, sizes.max_bytes - REPLY_ROOM)
     try:
-        kept = forward.survey(range_.packed(), range_.pulled, keep=small)
+        packed = forward.survey(range_.packed(), range_.pulled, chunking)
     except forward.NotForwardable:
         return None
-    rows = kept if kept is not None else forward.stored_rows(range_.packed(), range_.pulled)
-    return forward.packed_chunks(rows, sizes.changes, sizes.max_bytes - REPLY_ROOM)
+    if packed is not None:
+        return iter(packed)
+    rows = forward.stored_rows(range_.packed(), range_.pulled)
+    return forward.packed_chunks(rows, chunking.changes, chunking.max_bytes)
 
 
 def _forwarded_bodies(range_: _Range, chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:

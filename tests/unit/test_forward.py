@@ -22,13 +22,12 @@ def _version(*changes: Change) -> bytes:
 
 
 def _forwarded(versions: list[bytes], changes: int = 1000, max_bytes: int = 1 << 20) -> list[Any]:
-    kept = forward.survey(versions, PULLED, keep=True)
-    assert kept is not None
-    chunks = list(forward.packed_chunks(kept, changes, max_bytes))
+    chunks = forward.survey(versions, PULLED, forward.Chunking(changes, max_bytes))
+    assert chunks is not None
     streamed = list(
         forward.packed_chunks(forward.stored_rows(versions, PULLED), changes, max_bytes)
     )
-    assert streamed == chunks  # a large range, read twice, gives the same chunks
+    assert streamed == chunks  # a range too long to keep, read twice, gives the same chunks
     return [change for chunk in chunks for change in decode_changes(chunk)]
 
 
@@ -62,10 +61,11 @@ def test_chunks_hold_at_most_the_changes_and_bytes_asked_for() -> None:
     rows = [
         Change("city", n, INSERT, n, {"id": n, "name": f"city {n:04}" * 4}) for n in range(1, 301)
     ]
-    kept = forward.survey([_version(*rows[:150]), _version(*rows[150:])], PULLED, keep=True)
-    assert kept is not None
+    versions = [_version(*rows[:150]), _version(*rows[150:])]
 
-    chunks = list(forward.packed_chunks(kept, 100, 2000))
+    chunks = forward.survey(versions, PULLED, forward.Chunking(100, 2000))
+
+    assert chunks is not None
 
     decoded = [decode_changes(chunk) for chunk in chunks]
     assert all(len(chunk) <= 2000 for chunk in chunks)
@@ -90,7 +90,7 @@ def test_chunks_hold_at_most_the_changes_and_bytes_asked_for() -> None:
 )
 def test_a_range_that_compressing_would_change_is_not_forwarded(versions: list[bytes]) -> None:
     with pytest.raises(forward.NotForwardable):
-        forward.survey(versions, PULLED, keep=False)
+        forward.survey(versions, PULLED, forward.Chunking(1000, 1 << 20))
 
 
 def test_uuid_and_composite_keys_are_told_apart_exactly() -> None:
@@ -103,4 +103,13 @@ def test_uuid_and_composite_keys_are_told_apart_exactly() -> None:
     ]
     assert len(_forwarded(versions)) == 4
     with pytest.raises(forward.NotForwardable):
-        forward.survey([*versions, versions[0]], PULLED, keep=False)
+        forward.survey([*versions, versions[0]], PULLED, forward.Chunking(1000, 1 << 20))
+
+
+def test_a_range_whose_chunks_exceed_the_budget_is_surveyed_without_keeping_them() -> None:
+    rows = [Change("city", n, INSERT, n, {"id": n, "name": f"city {n:04}"}) for n in range(1, 201)]
+    versions = [_version(*rows)]
+
+    assert forward.survey(versions, PULLED, forward.Chunking(10, 1 << 20, budget=100)) is None
+    with pytest.raises(forward.NotForwardable):  # and it still checks every row
+        forward.survey([*versions, versions[0]], PULLED, forward.Chunking(10, 1 << 20, 100))
