@@ -7,6 +7,7 @@
     python -m bench.profile handle     # Server.handle of 1-row pushes, refusals, pulls (PG)
     python -m bench.profile encode     # the client's prepare step for 10,000 rows
     python -m bench.profile pull       # client.pull() of 10,000 rows, and the worker's handle
+    python -m bench.profile repair     # client.repair() of 100,000 rows, and the worker's handle
     python -m bench.profile merge      # plan_merge of 100,000 conflicts, and the GC's share
 
 cProfile (standard library, wall-clock timer) profiles the calling thread

@@ -243,6 +243,38 @@ def pull(services: Services) -> None:
         bench.close()
 
 
+@target("repair")
+def repair(services: Services) -> None:
+    """client.repair() of 100,000 rows, and the worker's handle of it."""
+    from bench.scenarios.repair import _fill
+
+    bench = PullBench(Run(quick=True, services=services))
+    handler = HandleProfiler(bench.worker.worker.server, (messages.REPAIR,))
+    try:
+        _fill(bench.engine, 100_000)
+        profile = cProfile.Profile()
+        copy = services.path(f"repair-{uuid.uuid4().hex[:8]}.db")
+        shutil.copyfile(bench.template, copy)
+        client = SyncClient(
+            sa.create_engine(f"sqlite:///{copy}"),
+            broker_url=services.broker_url,
+            namespace=bench.setup.namespace,
+            models=[Item],
+            timeout=300,
+        )
+        started = time.perf_counter()
+        profile.enable()
+        client.repair()
+        profile.disable()
+        print(f"\nrepair of 100,000 rows: {time.perf_counter() - started:.2f} s (profiled)")
+        client.close()
+        client.engine.dispose()
+        show(profile, "client.repair() of 100,000 rows (client thread)", 30)
+        show(handler.profile, "Server.handle of that repair (worker handler thread)", 30)
+    finally:
+        bench.close()
+
+
 @target("pullmem")
 def pull_memory(services: Services) -> None:
     """Where the pulling process's memory goes, pull of 200,000 inserts (subprocess)."""

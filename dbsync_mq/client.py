@@ -36,7 +36,14 @@ from dbsync_mq.config import (
     REQUEST_TIMEOUT_SECONDS,
 )
 from dbsync_mq.core import messages, signing
-from dbsync_mq.core.changeset import ChangeTooLarge, decode_changes, encode_changes, encode_parts
+from dbsync_mq.core.changeset import (
+    ChangeTooLarge,
+    decode_changes,
+    decode_signed,
+    encode_changes,
+    encode_parts,
+    signed_sections,
+)
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Policy, check_policy
 from dbsync_mq.core.messages import Reply
@@ -47,6 +54,7 @@ from dbsync_mq.errors import (
     MergeError,
     NotRegistered,
     PendingChanges,
+    ProtocolError,
     PullRequired,
     PushRejected,
     ReplyRejected,
@@ -67,7 +75,7 @@ from dbsync_mq.results import (
 )
 from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local, schema, tracking
-from dbsync_mq.storage.apply import batches, delete_all, insert_rows
+from dbsync_mq.storage.apply import batches, delete_all, insert_values
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
 from dbsync_mq.storage.merging import Pulled, merge_pulled
 from dbsync_mq.storage.models import ModelSet, tracked_model
@@ -274,7 +282,7 @@ class SyncClient:
                 for reply in replies:
                     pulled.version = reply.body["version"]
                     pulled.chunks.append(reply.body["changes"])
-                    for parent in decode_changes(reply.body["parents"]):
+                    for parent in decode_signed(reply.body["parents"]):
                         pulled.parents[parent.row_key] = parent.values or {}
                     pulled.own.update(str(e[1]) for e in reply.body["versions"] if len(e) == 2)
             return self._merge(identity, pulled)
@@ -306,6 +314,7 @@ class SyncClient:
             with (
                 self._channel().call(messages.REPAIR, {}, extra_data) as replies,
                 write_transaction(self.engine) as connection,
+                collector_paused(),
             ):
                 result = self._replace_tables(connection, replies, progress)
                 connection.execute(schema.operations.delete())
@@ -329,10 +338,15 @@ class SyncClient:
             if table is None:
                 continue
             model = self.models.get(table)
-            received = [change.values or {} for change in decode_changes(reply.body["rows"])]
-            insert_rows(connection, model, received)
-            rows += len(received)
-            done[table] = done.get(table, 0) + len(received)
+            received = 0
+            for section, columns, packed in signed_sections(reply.body["rows"]):
+                if section != table:
+                    raise ProtocolError(f"repair: rows of {section!r} in a chunk of {table!r}")
+                values = [row[4] for row in packed if len(row) >= 5 and row[4] is not None]
+                insert_values(connection, model, columns, values)
+                received += len(values)
+            rows += received
+            done[table] = done.get(table, 0) + received
             if progress is not None:
                 progress(table, done[table], reply.body["total"])
         return RepairResult(version, rows)
@@ -496,7 +510,7 @@ class SyncClient:
         self, identity: local.Identity, extra_data: Mapping[str, Any] | None
     ) -> tuple[local.InFlight, int] | None:
         node = self._channel()
-        with read_transaction(self.engine) as connection:
+        with read_transaction(self.engine) as connection, collector_paused():
             operations = local.unpushed(connection)
             held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
             if held:

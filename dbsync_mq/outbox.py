@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.model import DELETE, UPDATE, Change
-from dbsync_mq.extensions import load_data
+from dbsync_mq.extensions import extensions_of, load_data
 from dbsync_mq.storage.apply import read_row_keys
 from dbsync_mq.storage.models import ModelSet
 
@@ -27,18 +26,29 @@ def attach_rows(
     A row that vanished without a logged delete (raw SQL) is pushed as a delete
     if the server has it, and dropped if it was never pushed.
     """
+    pushed = {model.name: model for model in models if model.pushed}
+    extended = {name for name, model in pushed.items() if extensions_of(model)}
     wanted = [c.row_key for c in changes if c.command != DELETE and c.table in models]
     rows = read_row_keys(connection, models, wanted)
     ready = []
     for change in changes:
-        if change.table not in models or not models.get(change.table).pushed:
+        if change.table not in pushed:
             continue
         if change.command == DELETE:
             ready.append(change)
-        elif change.row_key in rows:
-            row = rows[change.row_key]
-            extensions = load_data(models.get(change.table), row)
-            ready.append(replace(change, values=row, extensions=extensions))
+        elif (row := rows.get(change.row_key)) is not None:
+            extensions = load_data(pushed[change.table], row) if change.table in extended else None
+            ready.append(
+                Change(
+                    change.table,
+                    change.key,
+                    change.command,
+                    change.hlc,
+                    row,
+                    change.clocks,
+                    extensions,
+                )
+            )
         else:
             logger.warning("%s row %r vanished without a logged delete", change.table, change.key)
             if change.command == UPDATE:

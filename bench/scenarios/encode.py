@@ -33,6 +33,7 @@ from dbsync_mq.core.changeset import encode_changes
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.messages import Request
 from dbsync_mq.outbox import attach_rows
+from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local
 from dbsync_mq.storage.engine import read_transaction, write_transaction
 from dbsync_mq.transport.base import Message
@@ -124,7 +125,7 @@ class EncodeBench:
             spent[name] = now - started
             started = now
 
-        with read_transaction(engine) as connection:
+        with read_transaction(engine) as connection, collector_paused():  # as the client does
             operations = local.unpushed(connection)
             lap("read ops")
             compressed = compress_local(operations)
@@ -139,7 +140,7 @@ class EncodeBench:
         lap("seal")
         ids = tuple(operation.order for operation in operations)
         with write_transaction(engine) as connection:
-            local.save_inflight(connection, local.InFlight(request.request_id, 0, sealed, ids))
+            local.save_inflight(connection, local.InFlight(request.request_id, 0, (sealed,), ids))
         lap("record in flight")
         self.publish()
         lap("publish")

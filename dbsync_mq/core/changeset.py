@@ -25,7 +25,7 @@ from typing import Any, Final, TypeGuard
 
 from dbsync_mq.core import codec
 from dbsync_mq.core.messages import MAX_MESSAGE_BYTES
-from dbsync_mq.core.model import COMMANDS, Change, Command, Key
+from dbsync_mq.core.model import COMMANDS, INSERT, Change, Command, Key
 from dbsync_mq.errors import CodecError, ProtocolError
 
 _NAME_LIMIT = 128
@@ -65,6 +65,11 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
     packed = codec.encode(
         [[table, list(columns), rows] for table, (columns, rows) in sections.items()]
     )
+    return _finish(packed)
+
+
+def _finish(packed: bytes) -> bytes:
+    """Packed changes refused beyond the limit, deflated from ``DEFLATE_FROM`` bytes."""
     if len(packed) > MAX_INFLATED_BYTES:
         raise CodecError(
             f"{len(packed)} bytes of changes exceed the {MAX_INFLATED_BYTES}-byte limit: "
@@ -113,6 +118,28 @@ def _fitted(changes: Sequence[Change], max_bytes: int, hard_limit: int) -> list[
     )
 
 
+def encode_inserts(table: str, columns: Sequence[str], rows: Sequence[list[Any]]) -> bytes:
+    """Packed changes inserting ``rows`` of ``table``: each ``[key, values]``, the values
+    in the order of ``columns`` (the whole row, as a repair sends it), stamped 0."""
+    return _finish(
+        codec.encode([[table, list(columns), [[INSERT, k, 0, None, v] for k, v in rows]]])
+    )
+
+
+def encode_insert_parts(
+    table: str, columns: Sequence[str], rows: Sequence[list[Any]], max_bytes: int
+) -> list[bytes]:
+    """``encode_inserts`` in consecutive parts of at most ``max_bytes`` each (halved
+    wherever a part came out larger; a single row larger than that travels alone)."""
+    packed = encode_inserts(table, columns, rows)
+    if len(packed) <= max_bytes or len(rows) <= 1:
+        return [packed]
+    middle = len(rows) // 2
+    return encode_insert_parts(table, columns, rows[:middle], max_bytes) + encode_insert_parts(
+        table, columns, rows[middle:], max_bytes
+    )
+
+
 class ChangeTooLarge(CodecError):
     """One change packs to more bytes than a message may carry."""
 
@@ -139,11 +166,14 @@ def _deflate(packed: bytes) -> bytes:
 def _row(change: Change, columns: dict[str, int]) -> list[Any]:
     values = None
     if change.values is not None:
-        for name in change.values:
-            columns.setdefault(name, len(columns))
-        values = [None] * len(columns)
-        for name, value in change.values.items():
-            values[columns[name]] = value
+        if len(change.values) == len(columns) and list(change.values) == list(columns):
+            values = list(change.values.values())  # the section's columns, in order
+        else:
+            for name in change.values:
+                columns.setdefault(name, len(columns))
+            values = [None] * len(columns)
+            for name, value in change.values.items():
+                values[columns[name]] = value
     clocks = None
     if change.clocks:
         clocks = {
@@ -184,6 +214,82 @@ def iter_changes(
             yield from _decode_section(reader)
     except CodecError as exc:
         raise ProtocolError(f"changes: {exc}") from None
+
+
+Section = tuple[str, list[str], list[list[Any]]]
+"""A table section as packed: table, column names, rows as arrays (see the module doc)."""
+
+
+def signed_sections(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[Section]:
+    """The table sections of changes the server sent and signed, read whole.
+
+    The server checked every row when it received it, and its signature proves these
+    are its bytes: only the inflation bound and the section shapes are checked here,
+    not each row (``ProtocolError`` if a row turns out bad when it is read).
+    """
+    if data.startswith(_JOINED):
+        raise ProtocolError("changes: joined change lists are the server's own")
+    try:
+        sections = codec.decode(_inflate(data, max_bytes))
+    except CodecError as exc:
+        raise ProtocolError(f"changes: {exc}") from None
+    if not isinstance(sections, list) or not all(
+        isinstance(section, list)
+        and len(section) == 3
+        and _is_name(section[0])
+        and isinstance(section[1], list)
+        and isinstance(section[2], list)
+        for section in sections
+    ):
+        raise ProtocolError(_SECTION)
+    return [(table, columns, rows) for table, columns, rows in sections]
+
+
+def decode_signed(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[Change]:
+    """``decode_changes`` for changes the server sent and signed (see ``signed_sections``)."""
+    changes: list[Change] = []
+    append = changes.append
+    for table, columns, rows in signed_sections(data, max_bytes):
+        try:
+            for row in rows:
+                command, key, hlc, clocks, values = row[:5]
+                append(
+                    Change(
+                        table,
+                        tuple(key) if isinstance(key, list) else key,
+                        command,
+                        hlc,
+                        None if values is None else dict(zip(columns, values, strict=False)),
+                        {columns[at]: stamp for at, stamp in clocks.items()} if clocks else {},
+                        row[5] if len(row) == 6 else None,
+                    )
+                )
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ProtocolError(f"changes: a row of {table!r} is malformed: {exc}") from None
+    return changes
+
+
+def stored_sections(data: bytes) -> Iterator[tuple[str, list[str], Iterator[list[Any]]]]:
+    """Stored (trusted) packed changes section by section, each row the array it was
+    packed as, its extension values left packed (``codec.PackedExtension``), so that the rows
+    can be packed again without being decoded. A section's rows must be read before
+    the next section is."""
+    if data.startswith(_JOINED):
+        for part in codec.decode(data[1:]):
+            yield from stored_sections(part)
+        return
+    reader = codec.Reader(_inflate(data, None), packed_extensions=True)
+    for _ in range(_array(reader, "changes: expected an array of table sections")):
+        if _array(reader, _SECTION) != 3:
+            raise ProtocolError(_SECTION)
+        table, columns = reader.read(), reader.read()
+        count = _array(reader, f"changes: rows of {table!r} must be an array")
+        yield table, columns, reader.items(count)
+
+
+def encode_sections(sections: Sequence[Section]) -> bytes:
+    """Table sections packed as ``encode_changes`` packs them (deflated when large)."""
+    return _finish(codec.encode(list(sections)))
 
 
 def join_changes(parts: Sequence[bytes]) -> bytes:

@@ -35,9 +35,9 @@ import datetime as dt
 import io
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -50,6 +50,9 @@ EXT_TIMEDELTA = 4
 EXT_DECIMAL = 5
 EXT_UUID = 6
 EXT_BIGINT = 7
+
+PackedExtension = msgpack.ExtType
+"""An extension value left packed by ``Reader(..., packed_extensions=True)``."""
 
 _EPOCH = dt.datetime(1, 1, 1)
 _MICRO = dt.timedelta(microseconds=1)
@@ -69,7 +72,15 @@ def _zone(offset_micros: int) -> dt.timezone:
     return dt.timezone(dt.timedelta(microseconds=offset_micros))
 
 
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """``msgpack.ExtType(code, data)`` without its argument checks (ours are right)."""
+    ext: msgpack.ExtType = tuple.__new__(msgpack.ExtType, (code, data))
+    return ext
+
+
 def _pack_datetime(value: dt.datetime) -> msgpack.ExtType:
+    if value.tzinfo is None:  # the common case, without the cost of replace()
+        return _ext(EXT_DATETIME, _NAIVE.pack((value - _EPOCH) // _MICRO, value.fold))
     local = (value.replace(tzinfo=None) - _EPOCH) // _MICRO
     offset = value.utcoffset()
     if offset is None:
@@ -81,7 +92,7 @@ def _unpack_datetime(data: bytes) -> dt.datetime:
     if len(data) == _NAIVE.size:
         local, fold = _NAIVE.unpack(data)
         naive: dt.datetime = _EPOCH + local * _MICRO
-        return naive.replace(fold=fold)
+        return naive.replace(fold=fold) if fold else naive
     local, fold, offset = _AWARE.unpack(data)
     aware: dt.datetime = _EPOCH + local * _MICRO
     return aware.replace(fold=fold, tzinfo=_zone(offset))
@@ -207,11 +218,22 @@ def _check_whole(data: bytes) -> None:
         raise CodecError(f"cannot decode message: {len(data) - walker.tell()} bytes of extra data")
 
 
+_SMALL: Final = 128
+"""Data up to this size is decoded without the walk: with no header allowed to claim
+more than 128 items, nothing it builds can be large."""
+
+_SMALL_OPTIONS: Final = _unpacker_options(_SMALL)
+
+
 def decode(data: bytes) -> Any:
     """Deserialize bytes produced by ``encode``; raise ``CodecError`` on bad input."""
-    _check_whole(data)
+    if len(data) <= _SMALL:
+        options = _SMALL_OPTIONS
+    else:
+        _check_whole(data)
+        options = _unpacker_options(len(data))
     try:
-        return msgpack.unpackb(data, **_unpacker_options(len(data)))
+        return msgpack.unpackb(data, **options)
     except Exception as exc:
         raise _undecodable(exc) from None
 
@@ -221,15 +243,21 @@ class Reader:
 
     Checked whole first, like ``decode``; then only the piece being read is buffered
     and built, so a caller can check each item as it comes and stop at the first bad one.
+    With ``packed_extensions`` the extension values (datetimes, decimals...) are not
+    decoded: they come as ``msgpack.ExtType`` and ``encode`` packs them as they were.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, *, packed_extensions: bool = False) -> None:
         _check_whole(data)
+        options = _unpacker_options(len(data))
+        if packed_extensions:
+            # Extension values stay msgpack.ExtType: they pack again exactly as they came.
+            del options["ext_hook"], options["timestamp"]
         self._unpacker = msgpack.Unpacker(
             io.BytesIO(data),
             read_size=min(_READ_SIZE, max(len(data), 1)),
             max_buffer_size=max(len(data), 1),
-            **_unpacker_options(len(data)),
+            **options,
         )
 
     def array_header(self) -> int | None:
@@ -246,6 +274,15 @@ class Reader:
         """The next value, whole."""
         try:
             return self._unpacker.unpack()
+        except Exception as exc:
+            raise _undecodable(exc) from None
+
+    def items(self, count: int) -> Iterator[Any]:
+        """The next ``count`` values, each whole, one at a time."""
+        unpack = self._unpacker.unpack
+        try:
+            for _ in range(count):
+                yield unpack()
         except Exception as exc:
             raise _undecodable(exc) from None
 

@@ -138,6 +138,9 @@ def _next_local_state(row: RowKey, state: _State, command: Command) -> _State:
 
 def compress_local(operations: Iterable[Operation]) -> list[Change]:
     """Compress a node's log to one change per row, ordered by the row's last operation."""
+    operations = list(operations)
+    if len({op.row_key for op in operations}) == len(operations):
+        return _one_per_row(operations)
     rows: dict[RowKey, _LocalRow] = {}
     for op in operations:
         row = rows.get(op.row_key)
@@ -160,6 +163,21 @@ def compress_local(operations: Iterable[Operation]) -> list[Change]:
         clocks = row.clocks if row.state == UPDATE and not row.whole else {}
         compressed.append(Change(table, key, row.state, row.hlc, clocks=clocks))
     return compressed
+
+
+def _one_per_row(operations: list[Operation]) -> list[Change]:
+    """``compress_local`` of a log where no row appears twice: each operation is its
+    row's change (an update names the columns it changed, or none: every column)."""
+    return [
+        Change(
+            op.table,
+            op.key,
+            op.command,
+            op.hlc,
+            clocks=dict.fromkeys(op.columns, op.hlc) if op.command == UPDATE else {},
+        )
+        for op in sorted(operations, key=lambda op: op.order)
+    ]
 
 
 def compress_remote(changes: Iterable[Change]) -> list[Change]:

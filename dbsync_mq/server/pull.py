@@ -31,7 +31,8 @@ from dbsync_mq.core.changeset import encode_changes, encode_parts, iter_changes
 from dbsync_mq.core.compression import compress_pull, compress_pull_stream, last_occurrences
 from dbsync_mq.core.model import INSERT, Change, Row, RowKey
 from dbsync_mq.errors import RequestRefused
-from dbsync_mq.server import state
+from dbsync_mq.runtime import collector_paused
+from dbsync_mq.server import forward, state
 from dbsync_mq.server.repair import current_rows
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import read_row_keys
@@ -82,7 +83,14 @@ def pull_bodies(
             return
         pulled = {model.name for model in models if model.pulled}
         range_ = _Range(connection, pulled, query, head)
-        changes = _changes(connection, models, range_, sizes.in_memory)
+        if _wants_snapshot(connection, models, range_, sizes.in_memory):
+            changes: Iterable[Change] = _snapshot(connection, models)
+        else:
+            forwarded = _forwarded(range_, sizes)
+            if forwarded is not None:
+                yield from _forwarded_bodies(range_, forwarded)
+                return
+            changes = _changes(range_, sizes.in_memory)
         yield from _bodies(connection, models, range_, changes, query.deleted, sizes)
 
 
@@ -116,6 +124,18 @@ class _Range:
             )
         ]
 
+    def packed(self) -> Iterator[bytes]:
+        """The stored packed changes of every version of the range, in order."""
+        v = schema.versions.c
+        rows = self.connection.execution_options(yield_per=64).execute(
+            sa.select(v.changes).where(v.id > self.query.since, v.id <= self.head).order_by(v.id)
+        )
+        try:
+            for (changes,) in rows:
+                yield changes
+        finally:
+            rows.close()  # a survey may stop early: release the cursor at once
+
     def read(self) -> Iterator[tuple[Change, bool]]:
         """Every change to a pulled table, in order, and whether the node wrote it."""
         v = schema.versions.c
@@ -131,17 +151,48 @@ class _Range:
                     yield change, own
 
 
-def _changes(
+def _wants_snapshot(
     connection: Connection, models: ModelSet, range_: _Range, in_memory: int
-) -> Iterable[Change]:
+) -> bool:
+    """A node at version 0 behind a history much longer than the tables gets the tables."""
+    return (
+        range_.operations > in_memory
+        and range_.query.since == 0
+        and range_.operations > SNAPSHOT_FACTOR * _rows_now(connection, models)
+    )
+
+
+def _changes(range_: _Range, in_memory: int) -> Iterable[Change]:
     if range_.operations <= in_memory:
         return compress_pull(range_.read())
-    if range_.query.since == 0 and range_.operations > SNAPSHOT_FACTOR * _rows_now(
-        connection, models
-    ):
-        return _snapshot(connection, models)
     last = last_occurrences(change for change, _own in range_.read())
     return compress_pull_stream(range_.read(), last)
+
+
+def _forwarded(range_: _Range, sizes: ReplySizes) -> Iterator[bytes] | None:
+    """The range's rows packed as they are stored, when no compressing is needed (see
+    ``server.forward``); ``None`` otherwise. Nothing to forward for a node that wrote
+    some of the range or waits for parents of its deletes."""
+    if range_.own or range_.query.deleted:
+        return None
+    chunking = forward.Chunking(sizes.changes, sizes.max_bytes - REPLY_ROOM)
+    try:
+        packed = forward.survey(range_.packed(), range_.pulled, chunking)
+    except forward.NotForwardable:
+        return None
+    if packed is not None:
+        return iter(packed)
+    rows = forward.stored_rows(range_.packed(), range_.pulled)
+    return forward.packed_chunks(rows, chunking.changes, chunking.max_bytes)
+
+
+def _forwarded_bodies(range_: _Range, chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    waiting: bytes | None = None
+    for packed in chunks:
+        if waiting is not None:
+            yield _body(range_.head, waiting, [], [])
+        waiting = packed
+    yield _body(range_.head, waiting, range_.own, [])
 
 
 def _rows_now(connection: Connection, models: ModelSet) -> int:
@@ -172,9 +223,15 @@ def _bodies(
     parents: dict[RowKey, Row] = {}
     waiting: bytes | None = None
     stream = iter(changes)
-    while chunk := list(islice(stream, sizes.changes)):
-        parents.update(referenced_rows(connection, models, chunk, deleted - parents.keys()))
-        for packed in encode_parts(chunk, sizes.max_bytes - REPLY_ROOM):
+    while True:
+        with collector_paused():  # a chunk's changes all stay alive until it is packed
+            chunk = list(islice(stream, sizes.changes))
+            if chunk:
+                parents.update(referenced_rows(connection, models, chunk, deleted - parents.keys()))
+                parts = encode_parts(chunk, sizes.max_bytes - REPLY_ROOM)
+        if not chunk:
+            break
+        for packed in parts:
             if waiting is not None:
                 yield _body(range_.head, waiting, [], [])
             waiting = packed

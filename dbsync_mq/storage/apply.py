@@ -18,8 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
+from dbsync_mq.storage.driver import key_lookup, writer_for
 from dbsync_mq.storage.models import ModelSet, TrackedModel
-from dbsync_mq.storage.values import stored_row, wire_row
+from dbsync_mq.storage.values import stored_row, wire_converters, wire_row
 
 KEY_BATCH: Final = 500
 """Keys per ``IN (...)`` clause: well under every database's parameter limit."""
@@ -39,12 +40,24 @@ def _key_condition(model: TrackedModel, keys: Sequence[Key]) -> sa.ColumnElement
 
 def read_rows(connection: Connection, model: TrackedModel, keys: Iterable[Key]) -> dict[Key, Row]:
     """The current rows with the given keys (missing rows are absent), ready for the wire."""
+    table = model.table
+    names = [column.name for column in table.c]
+    at = [names.index(name) for name in model.key_columns]
+    convert = wire_converters(table)
     found: dict[Key, Row] = {}
+    lookup = key_lookup(connection.dialect, table, model.key_columns)
     for chunk in batches(list(keys)):
-        statement = sa.select(model.table).where(_key_condition(model, chunk))
-        for row in connection.execute(statement).mappings():
-            values = wire_row(model.table, row)
-            found[model.key_of(values)] = values
+        if lookup is not None and lookup.rows_sql is not None:
+            rows: Sequence[Sequence[Any]] = lookup.rows(connection, chunk)
+        else:
+            statement = sa.select(table).where(_key_condition(model, chunk))
+            rows = connection.execute(statement).all()  # fetchall: not a call per row
+        for row in rows:
+            values = row if isinstance(row, list) else list(row)
+            for position, to_wire in convert:  # as wire_row does, a column at a time
+                values[position] = to_wire(values[position])
+            key = values[at[0]] if len(at) == 1 else tuple(values[i] for i in at)
+            found[key] = dict(zip(names, values, strict=True))
     return found
 
 
@@ -62,10 +75,17 @@ def read_row_keys(
 def existing_keys(connection: Connection, model: TrackedModel, keys: Iterable[Key]) -> set[Key]:
     """Which of ``keys`` exist in ``model``'s table."""
     columns = [model.table.c[name] for name in model.key_columns]
+    keys = list(keys)
     found: set[Key] = set()
-    for chunk in batches(list(keys)):
+    if not keys or connection.execute(sa.select(columns[0]).limit(1)).first() is None:
+        return found  # an empty table, as a new node's: no key to look for
+    lookup = key_lookup(connection.dialect, model.table, model.key_columns)
+    for chunk in batches(keys):
+        if lookup is not None:
+            found.update(lookup.existing(connection, chunk))
+            continue
         statement = sa.select(*columns).where(_key_condition(model, chunk))
-        for row in connection.execute(statement):
+        for row in connection.execute(statement).all():
             found.add(row[0] if len(columns) == 1 else tuple(row))
     return found
 
@@ -196,11 +216,39 @@ def insert_rows(connection: Connection, model: TrackedModel, rows: Sequence[Row]
             connection.execute(model.table.insert(), [row])
     else:
         for batch in batches(rows, WRITE_BATCH):
-            converted = [stored_row(model.table, row) for row in batch]
-            for group in _by_columns(converted).values():
-                connection.execute(model.table.insert(), group)
+            for columns, group in _by_columns(batch).items():
+                writer = writer_for(connection.dialect, model.table, columns)
+                if writer is None:
+                    converted = [stored_row(model.table, row) for row in group]
+                    connection.execute(model.table.insert(), converted)
+                else:
+                    writer.insert(connection, group)  # datetimes in UTC on the way
     if connection.dialect.name == "postgresql":
         _advance_sequence(connection, model, rows)
+
+
+def insert_values(
+    connection: Connection,
+    model: TrackedModel,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """Insert rows given as lists of values in the order of ``columns`` (a row may be
+    shorter: the columns it lacks take their defaults), without a mapping per row."""
+    by_width: dict[int, list[Sequence[Any]]] = defaultdict(list)
+    for row in rows:
+        by_width[len(row)].append(row)
+    for width, group in by_width.items():
+        names = tuple(columns[:width])
+        writer = writer_for(connection.dialect, model.table, names)
+        if writer is None or model.self_references:
+            insert_rows(connection, model, [dict(zip(names, row, strict=True)) for row in group])
+            continue
+        writer.insert(connection, group, positional=True)
+        key = model.key_columns[0]
+        if connection.dialect.name == "postgresql" and key in names:
+            at = names.index(key)
+            _advance_sequence(connection, model, [{key: row[at]} for row in group])
 
 
 def _advance_sequence(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:

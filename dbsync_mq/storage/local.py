@@ -105,16 +105,17 @@ def unpushed(connection: Connection) -> list[Operation]:
             ops.id
         )
     )
+    decode_key, decode, empty = codec.decode_key, codec.decode, frozenset[str]()
     return [
         Operation(
-            order=row.id,
-            table=row.table_name,
-            key=codec.decode_key(row.row_key),
-            command=row.command,
-            hlc=row.hlc,
-            columns=frozenset(codec.decode(row.columns)) if row.columns else frozenset(),
+            order,
+            table,
+            decode_key(key),
+            command,
+            hlc,
+            frozenset(decode(columns)) if columns else empty,
         )
-        for row in result
+        for order, table, key, command, hlc, columns in result.all()
     ]
 
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbsync_mq.core import codec
-from dbsync_mq.core.changeset import decode_changes
+from dbsync_mq.core.changeset import decode_signed, signed_sections
 from dbsync_mq.core.collisions import Rekey
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, plan_merge
@@ -28,6 +28,7 @@ from dbsync_mq.storage.apply import (
     batches,
     existing_keys,
     group_keys,
+    insert_values,
     read_row_keys,
     write_rows,
 )
@@ -208,14 +209,16 @@ def merge_pulled(
     _forget_vanished(connection, operations, local_changes)
     merged = Merged()
     if local_changes:
-        changes = [change for chunk in pulled.chunks for change in decode_changes(chunk)]
+        changes = [change for chunk in pulled.chunks for change in decode_signed(chunk)]
         _merge_batch(
             connection, models, local_changes, changes, pulled.parents, policy, stamp, merged
         )
         return merged
     deferred: list[Change] = []
     for chunk in pulled.chunks:
-        changes = decode_changes(chunk)
+        if insert_new_rows(connection, models, chunk, merged):
+            continue
+        changes = decode_signed(chunk)
         try:
             _merge_batch(connection, models, [], changes, {}, policy, stamp, merged)
         except UniqueConstraintError:
@@ -224,6 +227,43 @@ def merge_pulled(
     if deferred:
         _merge_batch(connection, models, [], deferred, {}, policy, stamp, merged)
     return merged
+
+
+def insert_new_rows(connection: Connection, models: ModelSet, chunk: bytes, merged: Merged) -> bool:
+    """Write a chunk of a pull into a node without local changes at once, when merging it
+    could only insert its rows: inserts of rows the node does not have, into tables
+    without unique constraints, carrying no extension data. Returns whether it did.
+
+    The rows go from the packed arrays to the driver, with no change or mapping built
+    for each: what ``plan_merge`` would plan for such a chunk is exactly these inserts.
+    """
+    sections = signed_sections(chunk)
+    if not all(_only_new_rows(connection, models, table, rows) for table, _, rows in sections):
+        return False
+    if is_sqlite(connection):
+        connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+    for model in models.order:  # parents first
+        for table, columns, rows in sections:
+            if table == model.name:
+                insert_values(connection, model, columns, [row[4] for row in rows])
+    for _table, _columns, rows in sections:
+        merged.changes += len(rows)
+        for row in rows:
+            stamps = row[3].values() if row[3] else ()
+            merged.max_hlc = max(merged.max_hlc, row[2], *stamps)
+    return True
+
+
+def _only_new_rows(connection: Connection, models: ModelSet, table: str, rows: list[Any]) -> bool:
+    """Whether every row is a plain insert of a row the node does not have, into a table
+    that has no unique constraint (whose values could move between rows)."""
+    model = models.by_table.get(table)
+    if model is None or models.schema.tables[table].unique:
+        return False
+    if any(len(row) != 5 or row[0] != INSERT or row[4] is None for row in rows):
+        return False
+    keys = [tuple(row[1]) if isinstance(row[1], list) else row[1] for row in rows]
+    return not existing_keys(connection, model, keys)
 
 
 def _forget_vanished(

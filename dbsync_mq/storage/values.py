@@ -21,8 +21,9 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any, Final, Literal
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -64,6 +65,8 @@ def in_utc(kind: TimeKind, value: Any) -> Any:
     already). Anything else, and a value already in that form, is returned as is."""
     if kind == "time" or not isinstance(value, dt.datetime):
         return value
+    if value.tzinfo is None:  # the common case first: a naive value is UTC already
+        return value if kind == "naive" else value.replace(tzinfo=UTC)
     if value.utcoffset() is None:
         naive = value if value.tzinfo is None else value.replace(tzinfo=None)
         return naive.replace(tzinfo=UTC) if kind == "aware" else naive
@@ -88,6 +91,32 @@ def _datetimes_in_utc(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]
 def wire_row(table: sa.Table, row: Mapping[Any, Any]) -> dict[str, Any]:
     """A row read from ``table``, ready for the wire: enum members by name, datetimes in UTC."""
     return _datetimes_in_utc(table, {name: _to_wire(value) for name, value in row.items()})
+
+
+_PLAIN_TYPES: Final = frozenset(
+    (int, float, Decimal, bool, str, bytes, dt.datetime, dt.date, dt.time, dt.timedelta, UUID)
+)
+"""Python types of columns whose values travel as they are read (no enum member)."""
+
+
+def _wire_converter(table: sa.Table, column: sa.Column[Any]) -> Callable[[Any], Any] | None:
+    kind = time_columns(table).get(column.name)
+    if kind in ("naive", "aware"):
+        return partial(in_utc, kind)
+    try:
+        if column.type.python_type in _PLAIN_TYPES or kind == "time":
+            return None
+    except NotImplementedError:
+        pass
+    return _to_wire
+
+
+@cache
+def wire_converters(table: sa.Table) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    """``(position, convert)`` for the columns of ``table`` (in order) whose values
+    ``wire_row`` would change: a row read as a tuple is made ready column by column."""
+    found = ((at, _wire_converter(table, column)) for at, column in enumerate(table.c))
+    return tuple((at, convert) for at, convert in found if convert is not None)
 
 
 def stored_row(table: sa.Table, row: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -140,18 +169,48 @@ def _check_for(column: sa.Column[Any]) -> Check:
     return lambda value: isinstance(value, python_type)
 
 
-@dataclass(frozen=True)
+_NUMBERS: Final = frozenset((int, float, Decimal))
+
+_EXACT: Mapping[type, frozenset[type]] = {
+    int: frozenset((int,)),
+    float: _NUMBERS,
+    Decimal: _NUMBERS,
+    bool: frozenset((bool,)),
+    str: frozenset((str,)),
+    bytes: frozenset((bytes,)),
+    dt.datetime: frozenset((dt.datetime,)),
+    dt.date: frozenset((dt.date,)),
+    dt.timedelta: frozenset((dt.timedelta,)),
+    UUID: frozenset((UUID,)),
+}
+"""Types of values a column of each Python type accepts without a closer look (what the
+codec decodes is of these exact types). A time of day is always looked at closely."""
+
+
+def _exact_for(column: sa.Column[Any]) -> frozenset[type]:
+    try:
+        return _EXACT.get(column.type.python_type, frozenset())
+    except NotImplementedError:
+        return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class _ColumnCheck:
     accepts: Check
     nullable: bool
     length: int | None
+    exact: frozenset[type]
+    """Types accepted at once (``accepts`` would say yes), a string's length aside."""
 
 
 @cache
 def _table_checks(table: sa.Table) -> Mapping[str, _ColumnCheck]:
     return {
         column.name: _ColumnCheck(
-            _check_for(column), bool(column.nullable), getattr(column.type, "length", None)
+            _check_for(column),
+            bool(column.nullable),
+            getattr(column.type, "length", None),
+            _exact_for(column),
         )
         for column in table.c
     }
@@ -169,6 +228,11 @@ def check_row(table: sa.Table, row: Mapping[str, Any]) -> None:
             if not column.nullable:
                 raise RequestRefused("type-mismatch", f"{table.name}.{name} may not be null")
             continue
+        kind = type(value)
+        if kind in column.exact and (
+            kind is not str or column.length is None or len(value) <= column.length
+        ):
+            continue  # the common case, decided without a call
         if not column.accepts(value):
             raise RequestRefused(
                 "type-mismatch",

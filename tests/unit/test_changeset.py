@@ -16,8 +16,12 @@ from dbsync_mq.core import codec
 from dbsync_mq.core.changeset import (
     ChangeTooLarge,
     decode_changes,
+    decode_signed,
     encode_changes,
+    encode_insert_parts,
+    encode_inserts,
     encode_parts,
+    signed_sections,
 )
 from dbsync_mq.core.model import COMMANDS, DELETE, INSERT, UPDATE, Change
 from dbsync_mq.errors import ProtocolError
@@ -76,6 +80,39 @@ def grouped_by_table(changes: list[Change]) -> list[Change]:
 @given(change_lists())
 def test_changes_round_trip_grouped_by_table_in_first_seen_order(changes: list[Change]) -> None:
     assert decode_changes(encode_changes(changes)) == grouped_by_table(changes)
+
+
+@given(change_lists())
+def test_changes_the_server_signed_decode_as_every_change_list_does(changes: list[Change]) -> None:
+    assert decode_signed(encode_changes(changes)) == grouped_by_table(changes)
+
+
+def test_a_malformed_row_the_server_signed_is_a_protocol_error() -> None:
+    data = codec.encode([["city", ["name"], [[INSERT, 1, 0, {"not": "clocks"}, ["Lima"]]]]])
+
+    with pytest.raises(ProtocolError):
+        decode_signed(data)
+    with pytest.raises(ProtocolError):
+        signed_sections(codec.encode([["city", "name", []]]))
+
+
+def test_inserts_packed_from_value_lists_decode_as_inserts_of_whole_rows() -> None:
+    # Given rows as a repair reads them: a key and the values in column order
+    columns = ["id", "name", "at"]
+    rows = [[n, [n, f"city {n}", dt.datetime(2024, 1, n)]] for n in range(1, 29)]
+
+    # When they are packed in parts small enough to need several
+    parts = encode_insert_parts("city", columns, rows, 200)
+
+    # Then every part fits, and together they are the inserts of the rows in order
+    assert len(parts) > 1
+    assert all(len(part) <= 200 for part in parts)
+    decoded = [change for part in parts for change in decode_changes(part)]
+    assert decoded == [
+        Change("city", key, INSERT, 0, dict(zip(columns, values, strict=True)))
+        for key, values in rows
+    ]
+    assert decode_changes(encode_inserts("city", columns, rows)) == decoded
 
 
 def test_composite_keys_come_back_as_tuples_and_clocks_by_column_name() -> None:

@@ -37,6 +37,29 @@ def updates(n: int, first_hlc: int = 10) -> list[tuple[str, object, Command, int
 # Local rules
 
 
+commands = st.sampled_from([INSERT, UPDATE, DELETE])
+column_sets = st.lists(st.sampled_from(["name", "population"]), max_size=2, unique=True)
+
+
+@given(st.lists(st.tuples(commands, column_sets), min_size=1, max_size=8))
+def test_a_log_with_one_operation_per_row_compresses_as_the_rules_say(
+    entries: list[tuple[Command, list[str]]],
+) -> None:
+    # Given a log where every row appears once, and the same log followed by two
+    # operations on another row (so that it goes the general way)
+    once = log(*(("city", n, command, n * 10, cols) for n, (command, cols) in enumerate(entries)))
+    more = len(once)
+    twice = [
+        *once,
+        Operation(more + 1, "other", 0, INSERT, 1),
+        Operation(more + 2, "other", 0, UPDATE, 2),
+    ]
+
+    # Then both give the same change for each row of the first log, in its order
+    general = {c.row_key: c for c in compress_local(twice) if c.table == "city"}
+    assert compress_local(once) == [general[op.row_key] for op in once]
+
+
 @pytest.mark.parametrize("n_updates", [0, 1, 3])
 def test_local_insert_then_updates_compress_to_insert(n_updates: int) -> None:
     operations = log(("city", 1, INSERT, 5, []), *updates(n_updates))
