@@ -31,7 +31,7 @@ from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.parts import assembled, forget_parts, parts_digest, store_part
-from dbsync_mq.server.pull import PullQuery, ReplySizes, pull_bodies
+from dbsync_mq.server.pull import PullQuery, ReplySizes, nothing_new_body, pull_bodies
 from dbsync_mq.server.push import (
     MAX_REFUSED_ROWS,
     Accepted,
@@ -107,17 +107,23 @@ class Server:
             signed, signature = signing.open_envelope(message.body, self.settings.max_message_bytes)
             if message.kind == messages.REGISTER:
                 return self._register(message, signed, signature)
-            request, node = self._authenticate(message, signed, signature)
+            request, node, head = self._authenticate(message, signed, signature)
         except ProtocolError as exc:
             return _dead_letter(str(exc), message.kind)
         with collector_paused():
-            return self._serve(request, signed, node)
+            return self._serve(request, signed, node, head)
 
-    def _serve(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
+    def _serve(
+        self, request: Request, signed: bytes, node: state.NodeRecord, head: int | None = None
+    ) -> Outcome:
         try:
             if not node.enabled:
                 raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
             self.hooks.run("before_request", RequestContext(node, request))
+            if request.kind == messages.PULL and head is not None:
+                answered = self._pull_at_head(request, head)
+                if answered is not None:
+                    return answered
             return self._dispatch(request, signed, node)
         except RequestRefused as exc:
             return Outcome(
@@ -160,17 +166,17 @@ class Server:
 
     def _authenticate(
         self, message: Message, signed: bytes, signature: bytes
-    ) -> tuple[Request, state.NodeRecord]:
+    ) -> tuple[Request, state.NodeRecord, int | None]:
+        """The request, its node and the version head as read with the node."""
         node_id = _header_node(message)
-        with read_transaction(self.engine) as connection:
-            node = state.find_node(connection, node_id)
+        node, head = state.find_node_and_head(self.engine, node_id)
         if node is None:
             raise ProtocolError(f"unknown node {node_id}")
         signing.verify(signed, signature, signing.load_public_key(node.public_key))
         request = messages.decode_request(signed)
         if request.node_id != node_id or request.kind != message.kind:
             raise ProtocolError("the signed request does not match its message properties")
-        return request, node
+        return request, node, head
 
     def _check_window(self, request: Request) -> None:
         # Integer milliseconds: a forged timestamp may be any integer, even past float range.
@@ -286,6 +292,21 @@ class Server:
             self._chunks(request, itertools.chain([first], bodies)),
             kind=request.kind,
             request_id=request.request_id,
+        )
+
+    def _pull_at_head(self, request: Request, head: int) -> Outcome | None:
+        """The reply to a pull from a node already at ``head``: nothing new, answered from
+        the read that authenticated it, with no snapshot and no streaming. ``None`` when
+        the node is behind (or claims a version the server does not know): the full pull
+        then serves or refuses it."""
+        since = request.body.get("since")
+        if type(since) is not int or since != head:
+            return None
+        self._check_window(request)
+        _deleted_keys(request.body["deleted"], self.settings.max_message_bytes)  # still checked
+        reply = self._seal(request, nothing_new_body(head))
+        return Outcome(
+            "ack", [self._to_node(request, reply)], kind=request.kind, request_id=request.request_id
         )
 
     def _query(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
