@@ -96,10 +96,18 @@ def enroll(
     help="Requests held unacknowledged at once.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run on this machine, under one supervisor.",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve /metrics, /healthz and /readyz on PORT (see --metrics-address).",
+    help="Serve /metrics, /healthz and /readyz on PORT (PORT+i for process i, see "
+    "--metrics-address).",
 )
 @click.option(
     "--metrics-address",
@@ -128,6 +136,7 @@ def worker(
     broker_url: str,
     namespace: str,
     prefetch: int,
+    processes: int,
     metrics_port: int | None,
     metrics_address: str,
     log_format: str,
@@ -145,11 +154,12 @@ def worker(
         broker_url=broker_url,
         namespace=namespace,
         prefetch=prefetch,
+        processes=processes,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         plugins=plugins,
     )
-    sys.exit(commands.worker(config))
+    sys.exit(commands.worker(config, verbose=verbose, log_format=log_format))
 
 
 main.add_command(cli_admin.status)

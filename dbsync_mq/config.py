@@ -84,6 +84,8 @@ class WorkerConfig:
     """Where ``/metrics``, ``/healthz`` and ``/readyz`` listen (``0.0.0.0`` in a container)."""
     plugins: tuple[str, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
+    processes: int = 1
+    """Worker processes run on this machine by one supervisor (``--processes``)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,6 +95,8 @@ class WorkerConfig:
             problems.append("at least one models module is required (--models or DBSYNC_MODELS)")
         if self.prefetch < 1:
             problems.append(f"prefetch must be at least 1, not {self.prefetch}")
+        if self.processes < 1:
+            problems.append(f"processes must be at least 1, not {self.processes}")
         try:
             Topology(self.namespace)
         except ConfigurationError as exc:
