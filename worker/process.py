@@ -19,12 +19,14 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 import sqlalchemy as sa
 
 from dbsync_mq.config import WorkerConfig
+from dbsync_mq.core import messages
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
 from dbsync_mq.server import Outcome, Server
 from dbsync_mq.server.activity import NodeActivity
@@ -51,6 +53,7 @@ RECONNECT_MAX_SECONDS: Final = 30.0
 """Longest pause between two attempts to reach the broker or the database."""
 
 StageHook = Callable[[str, str, str], None]
+T = TypeVar("T")
 
 
 def load_models(module_names: Iterable[str]) -> ModelSet:
@@ -74,6 +77,10 @@ def create_server_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         return create_engine(url, connect_args={"timeout": 30})
     return create_engine(url)
+
+
+def _unexpected(delivery: Delivery, exc: Exception) -> Outcome:
+    return Outcome("dead-letter", (), f"{type(exc).__name__}: {exc}", delivery.message.kind)
 
 
 class Backoff:
@@ -210,9 +217,10 @@ class Worker:
     # --- handler thread -----------------------------------------------------------
 
     def _handle_loop(self) -> None:
+        held: deque[Delivery] = deque()  # taken while gathering a batch, not a push
         while not self.stopping:
             try:
-                delivery = self._deliveries.get(timeout=PUMP_SECONDS)
+                delivery = held.popleft() if held else self._deliveries.get(timeout=PUMP_SECONDS)
             except queue.Empty:
                 continue
             if delivery.channel_generation != self.consumer.generation:
@@ -221,18 +229,45 @@ class Worker:
                 if self._stopping.is_set():
                     break  # taken as the stop began: left unsettled, the broker requeues it
                 self._idle.clear()
+            batch = [delivery]
             try:
-                self._process(delivery)
+                if delivery.message.kind == messages.PUSH:
+                    batch += self._more_pushes(held)
+                    self.metrics.observe_batch(len(batch))
+                if len(batch) > 1:
+                    self._process_batch(batch)
+                else:
+                    self._process(delivery)
             except BrokerUnavailable as exc:
                 logger.warning(
                     "could not settle %s (%s); it will be redelivered",
-                    delivery.message.message_id,
+                    ", ".join(d.message.message_id for d in batch),
                     exc,
                 )
             except Exception:
-                logger.exception("unexpected failure handling %s", delivery.message.message_id)
+                logger.exception(
+                    "unexpected failure handling %s",
+                    ", ".join(d.message.message_id for d in batch),
+                )
             finally:
                 self._idle.set()
+
+    def _more_pushes(self, held: deque[Delivery]) -> list[Delivery]:
+        """The pushes already in hand behind the first, up to ``batch_max`` in all: never
+        waits for one. The first other request met is held for the next turn."""
+        more: list[Delivery] = []
+        while len(more) + 1 < self.config.batch_max and not held:
+            try:
+                delivery = self._deliveries.get_nowait()
+            except queue.Empty:
+                break
+            if delivery.channel_generation != self.consumer.generation:
+                continue
+            if delivery.message.kind == messages.PUSH:
+                more.append(delivery)
+            else:
+                held.append(delivery)
+        return more
 
     def _process(self, delivery: Delivery) -> None:
         started = time.perf_counter()
@@ -240,6 +275,30 @@ class Worker:
         if outcome is None:
             self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
             return
+        self._finish(delivery, outcome, started)
+
+    def _process_batch(self, batch: list[Delivery]) -> None:
+        """Group commit: the pushes applied in one transaction, then each answered and
+        settled in turn, as a single push would be."""
+        started = time.perf_counter()
+        outcomes = self._retrying(
+            lambda: self.server.handle_pushes([d.message for d in batch]),
+            lambda exc: [_unexpected(delivery, exc) for delivery in batch],
+            batch[0],
+        )
+        if outcomes is None:
+
+            def requeue_all() -> None:
+                for delivery in batch:
+                    self.consumer.settle(delivery, "requeue")
+
+            self.consumer.call(requeue_all)
+            return
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            self._finish(delivery, outcome, started)
+
+    def _finish(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
+        """Publish the outcome's messages, then settle the delivery."""
         try:
             kind = outcome.kind or delivery.message.kind
             self._publish(self.metrics.count_reply_bytes(kind, outcome.outgoing))
@@ -263,10 +322,21 @@ class Worker:
 
         Returns ``None`` if asked to stop meanwhile: the message is requeued.
         """
+        return self._retrying(
+            lambda: self.server.handle(delivery.message),
+            lambda exc: _unexpected(delivery, exc),
+            delivery,
+        )
+
+    def _retrying(
+        self, serve: Callable[[], T], failed: Callable[[Exception], T], delivery: Delivery
+    ) -> T | None:
+        """``serve()``, retried while the database is unavailable; ``failed(exc)`` if it
+        raises anything else; ``None`` if asked to stop while waiting to retry."""
         backoff = Backoff()
         while True:
             try:
-                return self.server.handle(delivery.message)
+                return serve()
             except DatabaseUnavailable as exc:
                 delay = backoff.next_delay()
                 logger.warning(
@@ -278,9 +348,7 @@ class Worker:
                 self.metrics.database_retries.inc()
             except Exception as exc:
                 logger.exception("handling %s failed", delivery.message.message_id)
-                return Outcome(
-                    "dead-letter", (), f"{type(exc).__name__}: {exc}", delivery.message.kind
-                )
+                return failed(exc)
             if self._stopping.wait(delay):
                 return None
 

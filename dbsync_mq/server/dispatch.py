@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Connection, Engine
@@ -116,38 +117,154 @@ class Server:
     def _serve(
         self, request: Request, signed: bytes, node: state.NodeRecord, head: int | None = None
     ) -> Outcome:
-        try:
-            if not node.enabled:
-                raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
-            self.hooks.run("before_request", RequestContext(node, request))
+        def serve() -> Outcome:
+            self._admit(request, node)
             if request.kind == messages.PULL and head is not None:
                 answered = self._pull_at_head(request, head)
                 if answered is not None:
                     return answered
             return self._dispatch(request, signed, node)
+
+        return self._settled(request, serve)
+
+    def _admit(self, request: Request, node: state.NodeRecord) -> None:
+        if not node.enabled:
+            raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
+        self.hooks.run("before_request", RequestContext(node, request))
+
+    def _settled(self, request: Request, serve: Callable[[], Outcome]) -> Outcome:
+        """``serve()``, or the outcome of its refusal or failure."""
+        try:
+            return serve()
         except RequestRefused as exc:
-            return Outcome(
-                "ack",
-                [self._error(request, exc.code, exc.reason, exc.rows)],
-                exc.reason,
-                request.kind,
-                request_id=request.request_id,
-                code=exc.code,
-            )
+            return self._refused(request, exc)
         except DatabaseUnavailable:
             raise
         except Exception as exc:
-            # A bug or a broken database schema: tell the node, keep the message for an operator.
-            logger.exception("request %s (%s) failed", request.request_id, request.kind)
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, SyncError) else "internal"
-            return Outcome(
-                "dead-letter",
-                [self._error(request, "internal-error", reason)],
-                reason,
-                request.kind,
-                request_id=request.request_id,
-                code="internal-error",
-            )
+            return self._failed(request, exc)
+
+    def _refused(self, request: Request, exc: RequestRefused) -> Outcome:
+        return Outcome(
+            "ack",
+            [self._error(request, exc.code, exc.reason, exc.rows)],
+            exc.reason,
+            request.kind,
+            request_id=request.request_id,
+            code=exc.code,
+        )
+
+    def _failed(self, request: Request, exc: Exception) -> Outcome:
+        # A bug or a broken database schema: tell the node, keep the message for an operator.
+        logger.error("request %s (%s) failed", request.request_id, request.kind, exc_info=exc)
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, SyncError) else "internal"
+        return Outcome(
+            "dead-letter",
+            [self._error(request, "internal-error", reason)],
+            reason,
+            request.kind,
+            request_id=request.request_id,
+            code="internal-error",
+        )
+
+    # --- group commit ---------------------------------------------------------
+
+    def handle_pushes(self, batch: Sequence[Message]) -> list[Outcome]:
+        """Serve several push messages in hand, in order: one outcome each.
+
+        Group commit: the pushes are applied under one hold of the version-head lock,
+        in one transaction, each in a savepoint of its own and as a version of its
+        own; a refused push rolls back to its savepoint and gets its own error reply.
+        Requests that cannot join (not authenticated, refused before the database,
+        parts of a large push) are served alone, before the group. Raises only
+        ``DatabaseUnavailable``: nothing was committed, every push may be retried.
+        """
+        outcomes: list[Outcome | None] = []
+        group: list[tuple[int, _Ready]] = []
+        with collector_paused():
+            for message in batch:
+                ready = self._ready_push(message)
+                if isinstance(ready, _Ready):
+                    group.append((len(outcomes), ready))
+                    outcomes.append(None)
+                else:
+                    outcomes.append(ready)
+            for (index, _ready), outcome in zip(
+                group, self._apply_group([ready for _index, ready in group]), strict=True
+            ):
+                outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _ready_push(self, message: Message) -> Outcome | _Ready:
+        """A push decoded and checked, ready to join the group; else its outcome."""
+        if message.kind != messages.PUSH:
+            return self.handle(message)
+        try:
+            signed, signature = signing.open_envelope(message.body, self.settings.max_message_bytes)
+            request, node, _head = self._authenticate(message, signed, signature)
+        except ProtocolError as exc:
+            return _dead_letter(str(exc), message.kind)
+        if "parts" in request.body:  # stored part by part: served alone
+            return self._serve(request, signed, node)
+
+        def ready() -> _Ready:
+            self._admit(request, node)
+            changes = decode_push(self.models, request, self.settings.max_message_bytes)
+            return _Ready(request, signed, node, changes, signing.body_digest(signed))
+
+        try:
+            return ready()
+        except RequestRefused as exc:
+            return self._refused(request, exc)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            return self._failed(request, exc)
+
+    def _apply_group(self, group: Sequence[_Ready]) -> list[Outcome]:
+        if not group:
+            return []
+        for push in group:
+            self._stage("before-transaction", push.request)
+        try:
+            results = self._commit_group(group)
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            # Not a refusal of one push: the database failed the group's transaction
+            # (rolled back, nothing of it committed). Each push alone meets its own fate.
+            logger.warning("a group of %d pushes failed; serving each alone", len(group))
+            return [
+                self._settled(
+                    push.request, partial(self._push, push.request, push.signed, push.node)
+                )
+                for push in group
+            ]
+        return [
+            self._refused(push.request, result)
+            if isinstance(result, RequestRefused)
+            else self._pushed(push.request, result, push.changes)
+            for push, result in zip(group, results, strict=True)
+        ]
+
+    def _commit_group(self, group: Sequence[_Ready]) -> list[Accepted | RequestRefused]:
+        results: list[Accepted | RequestRefused] = []
+        with write_transaction(self.engine) as connection:
+            for push in group:
+                savepoint = connection.begin_nested()
+                try:
+                    accepted = self._apply(
+                        connection, push.request, push.node, push.changes, push.digest
+                    )
+                except RequestRefused as exc:
+                    savepoint.rollback()
+                    # A copy without the traceback, which holds the frames and whatever
+                    # cursors they had open until the collector runs.
+                    results.append(RequestRefused(exc.code, exc.reason, exc.rows))
+                    continue
+                savepoint.commit()
+                self._stage("in-transaction", push.request)
+                results.append(accepted)
+        return results
 
     def _dispatch(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         handlers: dict[str, Callable[[Request, bytes, state.NodeRecord], Outcome]] = {
@@ -442,6 +559,17 @@ class Server:
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A push authenticated, admitted and decoded: ready for its group's transaction."""
+
+    request: Request
+    signed: bytes
+    node: state.NodeRecord
+    changes: list[Change]
+    digest: bytes
 
 
 def _reply_message(request: Request, body: bytes) -> Message:
