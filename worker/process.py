@@ -3,10 +3,12 @@
 Two threads. The connection thread owns the pika connection: it pumps
 deliveries into a local queue, keeps heartbeats flowing and runs every publish
 and ack (pika is not thread-safe). The handler thread takes one delivery at a
-time, lets the server handle it (database work), then asks the connection
-thread to publish the replies and, only after they are confirmed, to settle
-the delivery. Stopping cancels the consumers first, lets the message in hand
-finish, then closes: prefetched messages not started go back to their queues.
+time (or the pushes in hand, for group commit), lets the server handle it
+(database work), then asks the connection thread to publish the replies and,
+only after they are confirmed, to settle the delivery; it goes on to the next
+request meanwhile, unless a stage hook watches. Stopping cancels the consumers
+first, lets the message in hand finish and its answer go out, then closes:
+prefetched messages not started go back to their queues.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Final, TypeVar
 
 import sqlalchemy as sa
@@ -129,6 +132,7 @@ class Worker:
         self._idle = threading.Event()
         self._idle.set()
         self._taking = threading.Lock()
+        self._settling: set[Future[None]] = set()  # answers the connection thread owes
         self.connected = threading.Event()
         self._handler: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -216,8 +220,9 @@ class Worker:
             self.consumer.pump(PUMP_SECONDS)
 
     def _is_idle(self) -> bool:
+        """No request in the handler's hands, and none waiting to be answered."""
         with self._taking:
-            return self._idle.is_set()
+            return self._idle.is_set() and not self._settling
 
     # --- handler thread -----------------------------------------------------------
 
@@ -302,22 +307,44 @@ class Worker:
         for delivery, outcome in zip(batch, outcomes, strict=True):
             self._finish(delivery, outcome, started)
 
+    def _finish_behind(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
+        """Replies in hand, and nobody watching the stages between: the connection thread
+        publishes them (each confirmed) and then settles the request, in one turn, while
+        this thread goes on to the next request. The order that makes a request safe is
+        kept (committed, replied and confirmed, then acknowledged); the waits for the
+        broker's confirms leave the handler's path."""
+        items = list(self.metrics.count_reply_bytes(kind_of(delivery, outcome), outcome.outgoing))
+
+        def publish_and_settle() -> None:
+            for item in items:
+                self.consumer.publish(item)
+            self.consumer.settle(delivery, outcome.disposition, outcome.reason)
+
+        future = self.consumer.submit(publish_and_settle)
+        with self._taking:
+            self._settling.add(future)
+
+        def settled(done: Future[None]) -> None:
+            with self._taking:
+                self._settling.discard(done)
+            error = done.exception()
+            if error is None:
+                self._log(delivery, outcome, time.perf_counter() - started)
+            elif isinstance(error, BrokerUnavailable):
+                logger.warning(
+                    "could not settle %s (%s); it will be redelivered",
+                    delivery.message.message_id,
+                    error,
+                )
+            else:
+                logger.error("answering %s failed", delivery.message.message_id, exc_info=error)
+
+        future.add_done_callback(settled)
+
     def _finish(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
         """Publish the outcome's messages, then settle the delivery."""
         if isinstance(outcome.outgoing, (list, tuple)) and not self._stage_hooks:
-            # Replies in hand and nobody watching the stages between: published (each
-            # confirmed) and settled in one turn of the connection thread, not two.
-            items = list(
-                self.metrics.count_reply_bytes(kind_of(delivery, outcome), outcome.outgoing)
-            )
-
-            def publish_and_settle() -> None:
-                for item in items:
-                    self.consumer.publish(item)
-                self.consumer.settle(delivery, outcome.disposition, outcome.reason)
-
-            self.consumer.call(publish_and_settle)
-            self._log(delivery, outcome, time.perf_counter() - started)
+            self._finish_behind(delivery, outcome, started)
             return
         try:
             kind = outcome.kind or delivery.message.kind
