@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final, Literal
 
 from sqlalchemy.engine import Connection, Engine
@@ -103,14 +102,14 @@ class Server:
     def handle(self, message: Message) -> Outcome:
         """Serve one request message. Raises only ``DatabaseUnavailable`` (retry later)."""
         if message.kind not in messages.REQUEST_KINDS:
-            return _dead_letter(f"unknown message kind {message.kind!r}", message.kind)
+            return dead_letter(f"unknown message kind {message.kind!r}", message.kind)
         try:
             signed, signature = signing.open_envelope(message.body, self.settings.max_message_bytes)
             if message.kind == messages.REGISTER:
                 return self._register(message, signed, signature)
             request, node, head = self._authenticate(message, signed, signature)
         except ProtocolError as exc:
-            return _dead_letter(str(exc), message.kind)
+            return dead_letter(str(exc), message.kind)
         with collector_paused():
             return self._serve(request, signed, node, head)
 
@@ -171,100 +170,16 @@ class Server:
     def handle_pushes(self, batch: Sequence[Message]) -> list[Outcome]:
         """Serve several push messages in hand, in order: one outcome each.
 
-        Group commit: the pushes are applied under one hold of the version-head lock,
-        in one transaction, each in a savepoint of its own and as a version of its
-        own; a refused push rolls back to its savepoint and gets its own error reply.
-        Requests that cannot join (not authenticated, refused before the database,
-        parts of a large push) are served alone, before the group. Raises only
-        ``DatabaseUnavailable``: nothing was committed, every push may be retried.
+        Group commit (``dbsync_mq.server.group``): the pushes are applied under one
+        hold of the version-head lock, in one transaction, each in a savepoint of its
+        own and as a version of its own; a refused push rolls back to its savepoint
+        and gets its own error reply. Raises only ``DatabaseUnavailable``: nothing was
+        committed, every push may be retried.
         """
-        outcomes: list[Outcome | None] = []
-        group: list[tuple[int, _Ready]] = []
+        from dbsync_mq.server.group import GroupCommit  # which builds on this module
+
         with collector_paused():
-            for message in batch:
-                ready = self._ready_push(message)
-                if isinstance(ready, _Ready):
-                    group.append((len(outcomes), ready))
-                    outcomes.append(None)
-                else:
-                    outcomes.append(ready)
-            for (index, _ready), outcome in zip(
-                group, self._apply_group([ready for _index, ready in group]), strict=True
-            ):
-                outcomes[index] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
-
-    def _ready_push(self, message: Message) -> Outcome | _Ready:
-        """A push decoded and checked, ready to join the group; else its outcome."""
-        if message.kind != messages.PUSH:
-            return self.handle(message)
-        try:
-            signed, signature = signing.open_envelope(message.body, self.settings.max_message_bytes)
-            request, node, _head = self._authenticate(message, signed, signature)
-        except ProtocolError as exc:
-            return _dead_letter(str(exc), message.kind)
-        if "parts" in request.body:  # stored part by part: served alone
-            return self._serve(request, signed, node)
-
-        def ready() -> _Ready:
-            self._admit(request, node)
-            changes = decode_push(self.models, request, self.settings.max_message_bytes)
-            return _Ready(request, signed, node, changes, signing.body_digest(signed))
-
-        try:
-            return ready()
-        except RequestRefused as exc:
-            return self._refused(request, exc)
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:
-            return self._failed(request, exc)
-
-    def _apply_group(self, group: Sequence[_Ready]) -> list[Outcome]:
-        if not group:
-            return []
-        for push in group:
-            self._stage("before-transaction", push.request)
-        try:
-            results = self._commit_group(group)
-        except DatabaseUnavailable:
-            raise
-        except Exception:
-            # Not a refusal of one push: the database failed the group's transaction
-            # (rolled back, nothing of it committed). Each push alone meets its own fate.
-            logger.warning("a group of %d pushes failed; serving each alone", len(group))
-            return [
-                self._settled(
-                    push.request, partial(self._push, push.request, push.signed, push.node)
-                )
-                for push in group
-            ]
-        return [
-            self._refused(push.request, result)
-            if isinstance(result, RequestRefused)
-            else self._pushed(push.request, result, push.changes)
-            for push, result in zip(group, results, strict=True)
-        ]
-
-    def _commit_group(self, group: Sequence[_Ready]) -> list[Accepted | RequestRefused]:
-        results: list[Accepted | RequestRefused] = []
-        with write_transaction(self.engine) as connection:
-            for push in group:
-                savepoint = connection.begin_nested()
-                try:
-                    accepted = self._apply(
-                        connection, push.request, push.node, push.changes, push.digest
-                    )
-                except RequestRefused as exc:
-                    savepoint.rollback()
-                    # A copy without the traceback, which holds the frames and whatever
-                    # cursors they had open until the collector runs.
-                    results.append(RequestRefused(exc.code, exc.reason, exc.rows))
-                    continue
-                savepoint.commit()
-                self._stage("in-transaction", push.request)
-                results.append(accepted)
-        return results
+            return GroupCommit(self).serve(batch)
 
     def _dispatch(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         handlers: dict[str, Callable[[Request, bytes, state.NodeRecord], Outcome]] = {
@@ -561,17 +476,6 @@ class Server:
         return int(self.clock() * 1000)
 
 
-@dataclass(frozen=True)
-class _Ready:
-    """A push authenticated, admitted and decoded: ready for its group's transaction."""
-
-    request: Request
-    signed: bytes
-    node: state.NodeRecord
-    changes: list[Change]
-    digest: bytes
-
-
 def _reply_message(request: Request, body: bytes) -> Message:
     return Message(
         body=body,
@@ -603,5 +507,5 @@ def _deleted_keys(data: bytes, max_bytes: int) -> set[RowKey]:
         raise RequestRefused("malformed", f"deleted keys: {exc}") from None
 
 
-def _dead_letter(reason: str, kind: str) -> Outcome:
+def dead_letter(reason: str, kind: str) -> Outcome:
     return Outcome("dead-letter", (), reason, kind)
