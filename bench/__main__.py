@@ -35,6 +35,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
     )
+    parser.add_argument(
+        "--nodes", type=int, help="nodes of the fleet scenario (default 200; 40 with --quick)"
+    )
     return parser.parse_args(argv)
 
 
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     when = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     with Services() as services:
-        rows, crashed = run_scenarios(Run(quick=args.quick, services=services, log=progress), names)
+        rows, crashed = run_scenarios(
+            Run(quick=args.quick, services=services, log=progress, nodes=args.nodes), names
+        )
     elapsed = time.monotonic() - started
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     mode = "quick" if args.quick else "full"

@@ -104,6 +104,8 @@ class Run:
     quick: bool
     services: Services
     log: Callable[[str], None] = print
+    nodes: int | None = None
+    """Nodes of the fleet scenario (``--nodes``); ``None``: its default."""
 
     def pick(self, quick: int, full: int) -> int:
         """``quick`` in ``--quick`` mode, ``full`` otherwise."""

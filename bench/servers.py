@@ -86,9 +86,10 @@ class WorkerThread:
 class WorkerProcess:
     """``python -m dbsync_mq worker`` in a subprocess, logging to a file."""
 
-    def __init__(self, setup: ServerSetup) -> None:
+    def __init__(self, setup: ServerSetup, options: tuple[str, ...] = ()) -> None:
         self.setup = setup
-        self.log_path = setup.services.path(f"worker-{setup.namespace}.log")
+        self.options = options
+        self.log_path = setup.services.path(f"worker-{setup.namespace}-{len(options)}.log")
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -106,19 +107,46 @@ class WorkerProcess:
             config.broker_url,
             "--namespace",
             config.namespace,
+            *self.options,
         ]
         env = {**os.environ, "PYTHONPATH": str(_REPO)}
         self.setup.services.on_close(self.stop)
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + READY_SECONDS
-        while "consuming " not in self.log():
+        while self.log().count("consuming ") < self.processes:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not start:\n{self.log()}")
             time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def processes(self) -> int:
+        """Worker processes it runs (``--processes``)."""
+        if "--processes" in self.options:
+            return int(self.options[self.options.index("--processes") + 1])
+        return 1
+
+    def pids(self) -> list[int]:
+        """The processes that serve: the supervisor's children, or the process itself."""
+        children = [int(pid) for pid in re.findall(r"started: pid (\d+)", self.log())]
+        if children:
+            return children
+        return [] if self._process is None else [self._process.pid]
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU seconds its serving processes used so far (Linux)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
 
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:

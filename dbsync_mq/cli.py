@@ -19,7 +19,7 @@ from rich.progress import (
 
 from dbsync_mq import cli_admin, commands
 from dbsync_mq import cli_options as options
-from dbsync_mq.config import DEFAULT_PREFETCH, WorkerConfig, split_modules
+from dbsync_mq.config import DEFAULT_BATCH_MAX, DEFAULT_PREFETCH, WorkerConfig, split_modules
 
 _db = options.database
 _broker = options.broker
@@ -96,10 +96,25 @@ def enroll(
     help="Requests held unacknowledged at once.",
 )
 @click.option(
+    "--batch-max",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_MAX,
+    show_default=True,
+    help="Pushes in hand applied at most in one transaction (group commit); 1: off.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run on this machine, under one supervisor.",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve /metrics, /healthz and /readyz on PORT (see --metrics-address).",
+    help="Serve /metrics, /healthz and /readyz on PORT (PORT+i for process i, see "
+    "--metrics-address).",
 )
 @click.option(
     "--metrics-address",
@@ -128,6 +143,8 @@ def worker(
     broker_url: str,
     namespace: str,
     prefetch: int,
+    batch_max: int,
+    processes: int,
     metrics_port: int | None,
     metrics_address: str,
     log_format: str,
@@ -145,11 +162,13 @@ def worker(
         broker_url=broker_url,
         namespace=namespace,
         prefetch=prefetch,
+        processes=processes,
+        batch_max=batch_max,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         plugins=plugins,
     )
-    sys.exit(commands.worker(config))
+    sys.exit(commands.worker(config, verbose=verbose, log_format=log_format))
 
 
 main.add_command(cli_admin.status)

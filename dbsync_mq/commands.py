@@ -212,8 +212,15 @@ def repair(
         engine.dispose()
 
 
-def worker(config: WorkerConfig) -> int:
-    """Run the worker process until signalled; return its exit code."""
+def worker(config: WorkerConfig, *, verbose: bool = False, log_format: str = "text") -> int:
+    """Run the worker process until signalled (``config.processes`` of them, under a
+    supervisor, when more than one); return its exit code. ``verbose`` and
+    ``log_format`` configure the logs of the processes a supervisor starts."""
+    if config.processes > 1:
+        from worker.supervisor import supervise
+
+        return supervise(config, verbose=verbose, log_format=log_format)
+
     from worker.main import main
 
     return main(config)

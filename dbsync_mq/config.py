@@ -43,6 +43,9 @@ REPAIR_CHUNK_ROWS: Final = 5_000
 DEFAULT_PREFETCH: Final = 4
 """Requests a worker process holds unacknowledged at once."""
 
+DEFAULT_BATCH_MAX: Final = 16
+"""Pushes in hand a worker applies at most in one transaction (group commit)."""
+
 REQUEST_TIMEOUT_SECONDS: Final = 30.0
 """How long a client waits for a reply before ``SyncTimeout``."""
 
@@ -84,6 +87,11 @@ class WorkerConfig:
     """Where ``/metrics``, ``/healthz`` and ``/readyz`` listen (``0.0.0.0`` in a container)."""
     plugins: tuple[str, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
+    processes: int = 1
+    """Worker processes run on this machine by one supervisor (``--processes``)."""
+    batch_max: int = DEFAULT_BATCH_MAX
+    """Pushes in hand applied at most in one transaction (group commit); 1 turns it off.
+    A worker never waits for a batch to fill: it takes what prefetch already gave it."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,6 +101,10 @@ class WorkerConfig:
             problems.append("at least one models module is required (--models or DBSYNC_MODELS)")
         if self.prefetch < 1:
             problems.append(f"prefetch must be at least 1, not {self.prefetch}")
+        if self.batch_max < 1:
+            problems.append(f"batch_max must be at least 1, not {self.batch_max}")
+        if self.processes < 1:
+            problems.append(f"processes must be at least 1, not {self.processes}")
         try:
             Topology(self.namespace)
         except ConfigurationError as exc:

@@ -27,11 +27,16 @@ def load_plugin(worker: Worker, spec: str) -> None:
     function(worker)
 
 
-def install_signal_handlers(worker: Worker) -> None:
-    """First SIGTERM/SIGINT: warm stop. Second: cold stop, exit at once."""
+def install_signal_handlers(worker: Worker, *, supervised: bool = False) -> None:
+    """First SIGTERM/SIGINT: warm stop. Second: cold stop, exit at once.
+
+    ``supervised``: every signal is a warm stop; the supervisor makes a cold stop
+    by killing the process (a service manager or a terminal may signal the whole
+    group as well as the supervisor, which forwards the signal too).
+    """
 
     def handle(signum: int, _frame: FrameType | None) -> None:
-        if worker.stopping:
+        if worker.stopping and not supervised:
             logger.warning("second %s: exiting without finishing", signal.Signals(signum).name)
             os._exit(RET_KILLED)
         logger.info("%s: finishing the message in hand", signal.Signals(signum).name)
@@ -41,8 +46,10 @@ def install_signal_handlers(worker: Worker) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def main(config: WorkerConfig) -> int:
-    """Run a worker until signalled; return the process exit code."""
+def main(config: WorkerConfig, *, supervised: bool = False) -> int:
+    """Run a worker until signalled; return the process exit code.
+
+    ``supervised``: the process is one of several run by ``worker.supervisor``."""
     try:
         worker = Worker(config)
         for spec in config.plugins:
@@ -59,7 +66,7 @@ def main(config: WorkerConfig) -> int:
             address=config.metrics_address,
             port=config.metrics_port,
         ).start()
-    install_signal_handlers(worker)
+    install_signal_handlers(worker, supervised=supervised)
     logger.info("worker starting: %r", config)
     try:
         return worker.run()

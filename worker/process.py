@@ -3,10 +3,12 @@
 Two threads. The connection thread owns the pika connection: it pumps
 deliveries into a local queue, keeps heartbeats flowing and runs every publish
 and ack (pika is not thread-safe). The handler thread takes one delivery at a
-time, lets the server handle it (database work), then asks the connection
-thread to publish the replies and, only after they are confirmed, to settle
-the delivery. Stopping cancels the consumers first, lets the message in hand
-finish, then closes: prefetched messages not started go back to their queues.
+time (or the pushes in hand, for group commit), lets the server handle it
+(database work), then asks the connection thread to publish the replies and,
+only after they are confirmed, to settle the delivery; it goes on to the next
+request meanwhile, unless a stage hook watches. Stopping cancels the consumers
+first, lets the message in hand finish and its answer go out, then closes:
+prefetched messages not started go back to their queues.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from concurrent.futures import Future
+from typing import Final, TypeVar
 
 import sqlalchemy as sa
 
 from dbsync_mq.config import WorkerConfig
+from dbsync_mq.core import messages
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
 from dbsync_mq.server import Outcome, Server
 from dbsync_mq.server.activity import NodeActivity
@@ -51,6 +56,7 @@ RECONNECT_MAX_SECONDS: Final = 30.0
 """Longest pause between two attempts to reach the broker or the database."""
 
 StageHook = Callable[[str, str, str], None]
+T = TypeVar("T")
 
 
 def load_models(module_names: Iterable[str]) -> ModelSet:
@@ -74,6 +80,15 @@ def create_server_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         return create_engine(url, connect_args={"timeout": 30})
     return create_engine(url)
+
+
+def kind_of(delivery: Delivery, outcome: Outcome) -> str:
+    """The request kind an outcome answers."""
+    return outcome.kind or delivery.message.kind
+
+
+def _unexpected(delivery: Delivery, exc: Exception) -> Outcome:
+    return Outcome("dead-letter", (), f"{type(exc).__name__}: {exc}", delivery.message.kind)
 
 
 class Backoff:
@@ -117,6 +132,7 @@ class Worker:
         self._idle = threading.Event()
         self._idle.set()
         self._taking = threading.Lock()
+        self._settling: set[Future[None]] = set()  # answers the connection thread owes
         self.connected = threading.Event()
         self._handler: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -204,15 +220,17 @@ class Worker:
             self.consumer.pump(PUMP_SECONDS)
 
     def _is_idle(self) -> bool:
+        """No request in the handler's hands, and none waiting to be answered."""
         with self._taking:
-            return self._idle.is_set()
+            return self._idle.is_set() and not self._settling
 
     # --- handler thread -----------------------------------------------------------
 
     def _handle_loop(self) -> None:
+        held: deque[Delivery] = deque()  # taken while gathering a batch, not a push
         while not self.stopping:
             try:
-                delivery = self._deliveries.get(timeout=PUMP_SECONDS)
+                delivery = held.popleft() if held else self._deliveries.get(timeout=PUMP_SECONDS)
             except queue.Empty:
                 continue
             if delivery.channel_generation != self.consumer.generation:
@@ -221,24 +239,112 @@ class Worker:
                 if self._stopping.is_set():
                     break  # taken as the stop began: left unsettled, the broker requeues it
                 self._idle.clear()
+            batch = [delivery]
             try:
-                self._process(delivery)
+                if delivery.message.kind == messages.PUSH:
+                    batch += self._more_pushes(held)
+                    self.metrics.observe_batch(len(batch))
+                if len(batch) > 1:
+                    self._process_batch(batch)
+                else:
+                    self._process(delivery)
             except BrokerUnavailable as exc:
                 logger.warning(
                     "could not settle %s (%s); it will be redelivered",
-                    delivery.message.message_id,
+                    ", ".join(d.message.message_id for d in batch),
                     exc,
                 )
             except Exception:
-                logger.exception("unexpected failure handling %s", delivery.message.message_id)
+                logger.exception(
+                    "unexpected failure handling %s",
+                    ", ".join(d.message.message_id for d in batch),
+                )
             finally:
                 self._idle.set()
+
+    def _more_pushes(self, held: deque[Delivery]) -> list[Delivery]:
+        """The pushes already in hand behind the first, up to ``batch_max`` in all: never
+        waits for one. The first other request met is held for the next turn."""
+        more: list[Delivery] = []
+        while len(more) + 1 < self.config.batch_max and not held:
+            try:
+                delivery = self._deliveries.get_nowait()
+            except queue.Empty:
+                break
+            if delivery.channel_generation != self.consumer.generation:
+                continue
+            if delivery.message.kind == messages.PUSH:
+                more.append(delivery)
+            else:
+                held.append(delivery)
+        return more
 
     def _process(self, delivery: Delivery) -> None:
         started = time.perf_counter()
         outcome = self._handle(delivery)
         if outcome is None:
             self.consumer.call(lambda: self.consumer.settle(delivery, "requeue"))
+            return
+        self._finish(delivery, outcome, started)
+
+    def _process_batch(self, batch: list[Delivery]) -> None:
+        """Group commit: the pushes applied in one transaction, then each answered and
+        settled in turn, as a single push would be."""
+        started = time.perf_counter()
+        outcomes = self._retrying(
+            lambda: self.server.handle_pushes([d.message for d in batch]),
+            lambda exc: [_unexpected(delivery, exc) for delivery in batch],
+            batch[0],
+        )
+        if outcomes is None:
+
+            def requeue_all() -> None:
+                for delivery in batch:
+                    self.consumer.settle(delivery, "requeue")
+
+            self.consumer.call(requeue_all)
+            return
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            self._finish(delivery, outcome, started)
+
+    def _finish_behind(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
+        """Replies in hand, and nobody watching the stages between: the connection thread
+        publishes them (each confirmed) and then settles the request, in one turn, while
+        this thread goes on to the next request. The order that makes a request safe is
+        kept (committed, replied and confirmed, then acknowledged); the waits for the
+        broker's confirms leave the handler's path."""
+        items = list(self.metrics.count_reply_bytes(kind_of(delivery, outcome), outcome.outgoing))
+
+        def publish_and_settle() -> None:
+            for item in items:
+                self.consumer.publish(item)
+            self.consumer.settle(delivery, outcome.disposition, outcome.reason)
+
+        future = self.consumer.submit(publish_and_settle)
+        with self._taking:
+            self._settling.add(future)
+
+        def settled(done: Future[None]) -> None:
+            with self._taking:
+                self._settling.discard(done)
+            error = done.exception()
+            if error is None:
+                self._log(delivery, outcome, time.perf_counter() - started)
+            elif isinstance(error, BrokerUnavailable):
+                logger.warning(
+                    "could not settle %s (%s); it will be redelivered",
+                    delivery.message.message_id,
+                    error,
+                )
+            else:
+                logger.error("answering %s failed", delivery.message.message_id, exc_info=error)
+
+        future.add_done_callback(settled)
+
+    def _finish(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
+        """Publish the outcome's messages, then settle the delivery."""
+        if isinstance(outcome.outgoing, (list, tuple)) and not self._stage_hooks:
+            self._finish_behind(delivery, outcome, started)
             return
         try:
             kind = outcome.kind or delivery.message.kind
@@ -263,10 +369,21 @@ class Worker:
 
         Returns ``None`` if asked to stop meanwhile: the message is requeued.
         """
+        return self._retrying(
+            lambda: self.server.handle(delivery.message),
+            lambda exc: _unexpected(delivery, exc),
+            delivery,
+        )
+
+    def _retrying(
+        self, serve: Callable[[], T], failed: Callable[[Exception], T], delivery: Delivery
+    ) -> T | None:
+        """``serve()``, retried while the database is unavailable; ``failed(exc)`` if it
+        raises anything else; ``None`` if asked to stop while waiting to retry."""
         backoff = Backoff()
         while True:
             try:
-                return self.server.handle(delivery.message)
+                return serve()
             except DatabaseUnavailable as exc:
                 delay = backoff.next_delay()
                 logger.warning(
@@ -278,9 +395,7 @@ class Worker:
                 self.metrics.database_retries.inc()
             except Exception as exc:
                 logger.exception("handling %s failed", delivery.message.message_id)
-                return Outcome(
-                    "dead-letter", (), f"{type(exc).__name__}: {exc}", delivery.message.kind
-                )
+                return failed(exc)
             if self._stopping.wait(delay):
                 return None
 

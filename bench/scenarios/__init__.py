@@ -1,13 +1,14 @@
 """Every scenario module; importing this package registers them, in table order."""
 
 # The import order is the table's row order.
-from bench.scenarios import apply, roundtrip, bulkpush, throughput  # noqa: I001
+from bench.scenarios import apply, roundtrip, bulkpush, throughput, fleet  # noqa: I001
 from bench.scenarios import encode, pull, merge, repair, pending, propagation
 
 __all__ = [
     "apply",
     "bulkpush",
     "encode",
+    "fleet",
     "merge",
     "pending",
     "propagation",

@@ -1,117 +1,32 @@
-"""Sustained small pushes from 20 clients, against row-lock transactions on the same PG.
+"""Sustained small pushes from 20 nodes, against row-lock transactions on the same PG.
 
-Each client thread has its own ``SyncClient`` and SQLite file and, for the
-whole window, writes one row and calls ``sync()`` (push; on ``pull-required``
-pull, merge and push again). Clients write disjoint keys, as applications
-with UUID keys do, so the pulls carry no insert collisions. Accepted pushes
-are counted on the server (its version head). The worker runs as a separate
-process: the twenty client threads share the benchmark's GIL, not the worker's.
+Twenty nodes, each its own ``SyncClient`` and SQLite file, run in load processes
+(``bench/fleet.py``: two processes of ten threads; a Python client holds its
+GIL while it signs and packs, so twenty threads of one process would measure the
+load generator). For the whole window each writes one row and calls ``sync()``
+(push; on ``pull-required`` pull, merge and push again), back to back. Nodes
+write disjoint keys, as applications with UUID keys do. Accepted pushes are
+counted on the server (its version head). The worker runs as a separate
+process, with group commit on (its default).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
+from bench.fleet import Load, Mix, Target
 from bench.harness import Measurement, Run, at_least, median, scenario
-from bench.models import Item, counter, item_row, plain_metadata, plain_rows
-from bench.servers import ServerSetup, WorkerProcess, new_client, new_server, worker_stats
-from dbsync_mq import SyncClient, SyncError
+from bench.scenarios.fleet import lock_loop_rate
+from bench.servers import WorkerProcess, new_server, worker_stats
 
 CLIENTS = 20
-KEY_SPACE = 10_000_000
-"""Client ``n`` writes keys ``n * KEY_SPACE + 1 ...``: no two clients collide."""
+LOAD_PROCESSES = 2
+PUSH_EVERY_SYNC = Mix(interval=0.0, push_share=1.0, rows=(1, 1), shared_share=0.0)
 
 
-def _in_threads(count: int, body: Callable[[int], None]) -> float:
-    """Run ``body(index)`` in ``count`` threads started together; seconds until all end."""
-    barrier = threading.Barrier(count + 1)
-
-    def start(index: int) -> None:
-        barrier.wait()
-        body(index)
-
-    threads = [threading.Thread(target=start, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
-
-
-class ThroughputBench:
-    """Twenty registered clients and a worker process on a fresh PostgreSQL server."""
-
-    def __init__(self, run: Run) -> None:
-        self.setup: ServerSetup = new_server(run.services, "postgresql")
-        self.worker = WorkerProcess(self.setup)
-        self.worker.start()
-        self.clients: list[SyncClient] = [
-            new_client(self.setup, f"client{index}", timeout=60) for index in range(CLIENTS)
-        ]
-        self._next = [index * KEY_SPACE + 1 for index in range(CLIENTS)]
-        self.engine = sa.create_engine(self.setup.database_url, pool_size=CLIENTS + 2)
-        plain_metadata.create_all(self.engine)
-        with self.engine.begin() as connection:
-            connection.execute(counter.insert().values(id=1, value=0))
-        self.errors = 0
-
-    def head(self) -> int:
-        with self.engine.connect() as connection:
-            return int(connection.exec_driver_sql("SELECT version FROM sync_head").scalar_one())
-
-    def _write_and_sync(self, index: int) -> None:
-        client = self.clients[index]
-        with Session(client.engine) as session:
-            session.add(Item(**item_row(self._next[index])))
-            session.commit()
-        self._next[index] += 1
-        try:
-            client.sync()
-        except SyncError:
-            self.errors += 1  # still behind after sync's attempts: try again next round
-
-    def ours(self, seconds: float) -> float:
-        """Accepted pushes per second over a window of ``seconds``."""
-        deadline = time.monotonic() + seconds
-        before = self.head()
-
-        def loop(index: int) -> None:
-            while time.monotonic() < deadline:
-                self._write_and_sync(index)
-
-        elapsed = _in_threads(CLIENTS, loop)
-        return (self.head() - before) / elapsed
-
-    def baseline(self, seconds: float) -> float:
-        """SELECT ... FOR UPDATE + INSERT + COMMIT transactions per second, 20 threads."""
-        deadline = time.monotonic() + seconds
-        done = [0] * CLIENTS
-        lock = sa.select(counter.c.value).where(counter.c.id == 1).with_for_update()
-
-        def loop(index: int) -> None:
-            with self.engine.connect() as connection:
-                while time.monotonic() < deadline:
-                    with connection.begin():
-                        connection.execute(lock)
-                        connection.execute(plain_rows.insert().values(payload=b"x" * 64))
-                    done[index] += 1
-
-        elapsed = _in_threads(CLIENTS, loop)
-        return sum(done) / elapsed
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-            client.engine.dispose()
-        self.worker.stop()
-        self.engine.dispose()
+def _head(engine: sa.Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.exec_driver_sql("SELECT version FROM sync_head").scalar_one())
 
 
 def _describe_worker(log: str) -> str:
@@ -126,25 +41,36 @@ def _describe_worker(log: str) -> str:
 
 @scenario("throughput")
 def throughput(run: Run) -> Measurement:
-    """Sustained small pushes, 20 clients, PG server vs 20-thread FOR UPDATE transactions."""
-    seconds = run.pick(5, 15)
+    """Sustained small pushes, 20 nodes in load processes, PG server vs FOR UPDATE tx."""
+    seconds = run.pick(4, 15)
     rounds = run.pick(2, 3)
-    bench = ThroughputBench(run)
+    setup = new_server(run.services, "postgresql")
+    engine = sa.create_engine(setup.database_url)
+    worker = WorkerProcess(setup)
+    worker.start()
+    target = Target(run.services.broker_url, setup.namespace, setup.database_url)
+    load = Load(target, str(run.services.workdir), CLIENTS, LOAD_PROCESSES, CLIENTS)
+    for node_id in load.node_ids:
+        run.services.node_registered(setup.namespace, node_id)
+    ours, baseline, errors = [], [], 0
     try:
-        bench.ours(1.0)  # warm-up: connections, reply queues, caches
-        bench.baseline(1.0)
-        ours, baseline = [], []
+        load.run(PUSH_EVERY_SYNC, 1.0)  # warm-up: connections, reply queues, caches
         for _ in range(rounds):
-            ours.append(bench.ours(seconds))
-            baseline.append(bench.baseline(seconds))
+            head = _head(engine)
+            report, _cpu = load.run(PUSH_EVERY_SYNC, seconds)
+            ours.append((_head(engine) - head) / seconds)
+            errors += report.errors
+            baseline.append(lock_loop_rate(setup.database_url, CLIENTS, seconds))
     finally:
-        bench.close()
+        load.close()
+        worker.stop()
+        engine.dispose()
     return Measurement(
-        f"sustained 1-row pushes, {CLIENTS} clients, PG, {rounds} windows of {seconds} s: "
-        "accepted pushes/s vs FOR UPDATE+insert tx/s",
+        f"sustained 1-row pushes, {CLIENTS} nodes in {LOAD_PROCESSES} load processes, PG, "
+        f"{rounds} windows of {seconds} s: accepted pushes/s vs FOR UPDATE+insert tx/s",
         median(ours),
         median(baseline),
         "/s",
         at_least(0.5),
-        note=f"{_describe_worker(bench.worker.log())}; sync errors {bench.errors}",
+        note=f"{_describe_worker(worker.log())}; sync errors {errors}",
     )

@@ -31,7 +31,7 @@ from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, RequestContext
 from dbsync_mq.server.parts import assembled, forget_parts, parts_digest, store_part
-from dbsync_mq.server.pull import PullQuery, ReplySizes, pull_bodies
+from dbsync_mq.server.pull import PullQuery, ReplySizes, nothing_new_body, pull_bodies
 from dbsync_mq.server.push import (
     MAX_REFUSED_ROWS,
     Accepted,
@@ -102,46 +102,84 @@ class Server:
     def handle(self, message: Message) -> Outcome:
         """Serve one request message. Raises only ``DatabaseUnavailable`` (retry later)."""
         if message.kind not in messages.REQUEST_KINDS:
-            return _dead_letter(f"unknown message kind {message.kind!r}", message.kind)
+            return dead_letter(f"unknown message kind {message.kind!r}", message.kind)
         try:
             signed, signature = signing.open_envelope(message.body, self.settings.max_message_bytes)
             if message.kind == messages.REGISTER:
                 return self._register(message, signed, signature)
-            request, node = self._authenticate(message, signed, signature)
+            request, node, head = self._authenticate(message, signed, signature)
         except ProtocolError as exc:
-            return _dead_letter(str(exc), message.kind)
+            return dead_letter(str(exc), message.kind)
         with collector_paused():
-            return self._serve(request, signed, node)
+            return self._serve(request, signed, node, head)
 
-    def _serve(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
-        try:
-            if not node.enabled:
-                raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
-            self.hooks.run("before_request", RequestContext(node, request))
+    def _serve(
+        self, request: Request, signed: bytes, node: state.NodeRecord, head: int | None = None
+    ) -> Outcome:
+        def serve() -> Outcome:
+            self._admit(request, node)
+            if request.kind == messages.PULL and head is not None:
+                answered = self._pull_at_head(request, head)
+                if answered is not None:
+                    return answered
             return self._dispatch(request, signed, node)
+
+        return self._settled(request, serve)
+
+    def _admit(self, request: Request, node: state.NodeRecord) -> None:
+        if not node.enabled:
+            raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
+        self.hooks.run("before_request", RequestContext(node, request))
+
+    def _settled(self, request: Request, serve: Callable[[], Outcome]) -> Outcome:
+        """``serve()``, or the outcome of its refusal or failure."""
+        try:
+            return serve()
         except RequestRefused as exc:
-            return Outcome(
-                "ack",
-                [self._error(request, exc.code, exc.reason, exc.rows)],
-                exc.reason,
-                request.kind,
-                request_id=request.request_id,
-                code=exc.code,
-            )
+            return self._refused(request, exc)
         except DatabaseUnavailable:
             raise
         except Exception as exc:
-            # A bug or a broken database schema: tell the node, keep the message for an operator.
-            logger.exception("request %s (%s) failed", request.request_id, request.kind)
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, SyncError) else "internal"
-            return Outcome(
-                "dead-letter",
-                [self._error(request, "internal-error", reason)],
-                reason,
-                request.kind,
-                request_id=request.request_id,
-                code="internal-error",
-            )
+            return self._failed(request, exc)
+
+    def _refused(self, request: Request, exc: RequestRefused) -> Outcome:
+        return Outcome(
+            "ack",
+            [self._error(request, exc.code, exc.reason, exc.rows)],
+            exc.reason,
+            request.kind,
+            request_id=request.request_id,
+            code=exc.code,
+        )
+
+    def _failed(self, request: Request, exc: Exception) -> Outcome:
+        # A bug or a broken database schema: tell the node, keep the message for an operator.
+        logger.error("request %s (%s) failed", request.request_id, request.kind, exc_info=exc)
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, SyncError) else "internal"
+        return Outcome(
+            "dead-letter",
+            [self._error(request, "internal-error", reason)],
+            reason,
+            request.kind,
+            request_id=request.request_id,
+            code="internal-error",
+        )
+
+    # --- group commit ---------------------------------------------------------
+
+    def handle_pushes(self, batch: Sequence[Message]) -> list[Outcome]:
+        """Serve several push messages in hand, in order: one outcome each.
+
+        Group commit (``dbsync_mq.server.group``): the pushes are applied under one
+        hold of the version-head lock, in one transaction, each in a savepoint of its
+        own and as a version of its own; a refused push rolls back to its savepoint
+        and gets its own error reply. Raises only ``DatabaseUnavailable``: nothing was
+        committed, every push may be retried.
+        """
+        from dbsync_mq.server.group import GroupCommit  # which builds on this module
+
+        with collector_paused():
+            return GroupCommit(self).serve(batch)
 
     def _dispatch(self, request: Request, signed: bytes, node: state.NodeRecord) -> Outcome:
         handlers: dict[str, Callable[[Request, bytes, state.NodeRecord], Outcome]] = {
@@ -160,17 +198,17 @@ class Server:
 
     def _authenticate(
         self, message: Message, signed: bytes, signature: bytes
-    ) -> tuple[Request, state.NodeRecord]:
+    ) -> tuple[Request, state.NodeRecord, int | None]:
+        """The request, its node and the version head as read with the node."""
         node_id = _header_node(message)
-        with read_transaction(self.engine) as connection:
-            node = state.find_node(connection, node_id)
+        node, head = state.find_node_and_head(self.engine, node_id)
         if node is None:
             raise ProtocolError(f"unknown node {node_id}")
         signing.verify(signed, signature, signing.load_public_key(node.public_key))
         request = messages.decode_request(signed)
         if request.node_id != node_id or request.kind != message.kind:
             raise ProtocolError("the signed request does not match its message properties")
-        return request, node
+        return request, node, head
 
     def _check_window(self, request: Request) -> None:
         # Integer milliseconds: a forged timestamp may be any integer, even past float range.
@@ -286,6 +324,21 @@ class Server:
             self._chunks(request, itertools.chain([first], bodies)),
             kind=request.kind,
             request_id=request.request_id,
+        )
+
+    def _pull_at_head(self, request: Request, head: int) -> Outcome | None:
+        """The reply to a pull from a node already at ``head``: nothing new, answered from
+        the read that authenticated it, with no snapshot and no streaming. ``None`` when
+        the node is behind (or claims a version the server does not know): the full pull
+        then serves or refuses it."""
+        since = request.body.get("since")
+        if type(since) is not int or since != head:
+            return None
+        self._check_window(request)
+        _deleted_keys(request.body["deleted"], self.settings.max_message_bytes)  # still checked
+        reply = self._seal(request, nothing_new_body(head))
+        return Outcome(
+            "ack", [self._to_node(request, reply)], kind=request.kind, request_id=request.request_id
         )
 
     def _query(self, request: Request, _signed: bytes, _node: state.NodeRecord) -> Outcome:
@@ -454,5 +507,5 @@ def _deleted_keys(data: bytes, max_bytes: int) -> set[RowKey]:
         raise RequestRefused("malformed", f"deleted keys: {exc}") from None
 
 
-def _dead_letter(reason: str, kind: str) -> Outcome:
+def dead_letter(reason: str, kind: str) -> Outcome:
     return Outcome("dead-letter", (), reason, kind)

@@ -79,7 +79,7 @@ def pull_bodies(
         head = state.read_head(connection)
         check_since(query.since, head)
         if head == query.since:
-            yield _body(head, [], [], [])
+            yield nothing_new_body(head)
             return
         pulled = {model.name for model in models if model.pulled}
         range_ = _Range(connection, pulled, query, head)
@@ -92,6 +92,14 @@ def pull_bodies(
                 return
             changes = _changes(range_, sizes.in_memory)
         yield from _bodies(connection, models, range_, changes, query.deleted, sizes)
+
+
+_NOTHING: Final = encode_changes([])
+
+
+def nothing_new_body(version: int) -> dict[str, Any]:
+    """The reply body of a pull from a node already at ``version``."""
+    return {"version": version, "changes": _NOTHING, "versions": [], "parents": _NOTHING}
 
 
 def check_since(since: int, head: int) -> None:

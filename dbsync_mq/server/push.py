@@ -229,9 +229,12 @@ def _check_rebase(job: PushJob, base: int, head: int) -> None:
     rows = job.connection.execute(
         sa.select(v.changes).where(v.id > base, v.id <= head).order_by(v.id)
     )
-    for (packed,) in rows:
-        if any(change.row_key in pushed for change in iter_changes(packed, trusted=True)):
-            raise RequestRefused(PULL_REQUIRED, behind)
+    # Closed even when refused midway: an SQLite statement left open keeps its snapshot,
+    # and the connection's next write transaction would fail at once ("locked").
+    with rows:
+        for (packed,) in rows:
+            if any(change.row_key in pushed for change in iter_changes(packed, trusted=True)):
+                raise RequestRefused(PULL_REQUIRED, behind)
 
 
 def _apply_changes(job: PushJob) -> None:

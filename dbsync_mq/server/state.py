@@ -124,6 +124,38 @@ class NodeRecord:
     user_id: str | None
 
 
+def _node_and_head_statement() -> sa.Select[Any]:
+    n = schema.nodes.c
+    head = sa.select(schema.head.c.version).where(schema.head.c.id == 1).scalar_subquery()
+    return sa.select(n.id, n.public_key, n.enabled, n.user_id, head.label("head")).where(
+        n.id == sa.bindparam("node_id")
+    )
+
+
+_NODE_AND_HEAD: Final = _node_and_head_statement()
+
+
+def find_node_and_head(engine: Engine, node_id: int) -> tuple[NodeRecord | None, int | None]:
+    """A node and the current version, in one statement outside any transaction.
+
+    One round trip on PostgreSQL (an autocommit statement: no ``BEGIN``, no
+    ``ROLLBACK``), so that a request whose answer needs nothing more, a pull that
+    finds nothing new, costs this one read. The head is read after the request was
+    published: a node never sees an older version than the one it sent.
+    """
+    with database_errors(), engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            with connection.begin():  # SQLite's transactions start from an event of ours
+                row = connection.execute(_NODE_AND_HEAD, {"node_id": node_id}).first()
+        else:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            row = autocommit.execute(_NODE_AND_HEAD, {"node_id": node_id}).first()
+    if row is None:
+        return None, None
+    head = None if row.head is None else int(row.head)
+    return NodeRecord(row.id, row.public_key, bool(row.enabled), row.user_id), head
+
+
 def find_node(connection: Connection, node_id: int) -> NodeRecord | None:
     n = schema.nodes.c
     row = connection.execute(

@@ -362,6 +362,15 @@ class Consumer:
 
     def call(self, function: Callable[[], T], timeout: float = 60.0) -> T:
         """Run ``function`` on the connection's thread; ``BrokerUnavailable`` if it is gone."""
+        future = self.submit(function)
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            raise BrokerUnavailable("the connection thread did not answer") from None
+
+    def submit(self, function: Callable[[], T]) -> Future[T]:
+        """Schedule ``function`` on the connection's thread and return at once: the future
+        holds its result, or ``BrokerUnavailable`` if the connection is lost first."""
         future: Future[T] = Future()
         connection = self._connection
         if connection is None:
@@ -372,20 +381,23 @@ class Consumer:
                 return
             try:
                 future.set_result(function())
-            except BaseException as exc:  # handed to the waiting thread, re-raised there
+            except BaseException as exc:  # handed to whoever waits on the future
                 future.set_exception(exc)
 
         with self._lock:
             self._pending.add(future)
+        future.add_done_callback(self._forget)
         try:
             with broker_errors("schedule"):
                 connection.add_callback_threadsafe(run)
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            raise BrokerUnavailable("the connection thread did not answer") from None
-        finally:
-            with self._lock:
-                self._pending.discard(future)
+        except BrokerUnavailable:
+            self._forget(future)
+            raise
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def _fail_pending(self) -> None:
         with self._lock:

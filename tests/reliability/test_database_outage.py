@@ -92,7 +92,7 @@ def _record_unavailable(worker) -> list[tuple[str, str]]:
     """Spy on the worker's server: ``(message id, kind)`` of every attempt to handle a
     message that failed because the database connection was lost."""
     failed: list[tuple[str, str]] = []
-    handle = worker.server.handle
+    handle, handle_pushes = worker.server.handle, worker.server.handle_pushes
 
     def spy(message):
         try:
@@ -101,7 +101,15 @@ def _record_unavailable(worker) -> list[tuple[str, str]]:
             failed.append((message.message_id, message.kind))
             raise
 
+    def spy_group(messages):  # pushes in hand together (group commit)
+        try:
+            return handle_pushes(messages)
+        except DatabaseUnavailable:
+            failed.extend((message.message_id, message.kind) for message in messages)
+            raise
+
     worker.server.handle = spy
+    worker.server.handle_pushes = spy_group
     return failed
 
 

@@ -27,6 +27,8 @@ from dbsync_mq.storage import schema
 from dbsync_mq.storage.models import ModelSet
 from dbsync_mq.transport.base import Message
 from tests.conftest import ThreadedWorker, write
+from tests.e2e.faults import gather
+from tests.e2e.operations import city, forge_of
 from tests.models import City
 from tests.processes import WorkerProcess
 from tests.reliability.conftest import (
@@ -41,8 +43,9 @@ from tests.reliability.conftest import (
     with_application_name,
 )
 from tests.reliability.server_process import MODELS, Handled, ServerProcess
-from tests.security.conftest import read_reply
+from tests.security.conftest import Wire, read_reply
 from tests.security.forge import Forge, new_id
+from worker.process import Worker
 
 pytestmark = pytest.mark.postgres
 
@@ -286,3 +289,93 @@ def _sync(node) -> object:
         return node.sync()
     except Exception as exc:
         return exc
+
+
+BATCH = 4
+"""Pushes in the first worker's hands at once, served as one group (group commit)."""
+
+
+@only_postgresql
+@pytest.mark.broker
+@pytest.mark.e2e
+@pytest.mark.parametrize("stage", ["in-transaction", "after-commit"])
+def test_a_batch_redelivered_to_a_second_worker_after_the_first_lost_the_broker_is_applied_once(
+    stage,
+    make_node,
+    worker_config,
+    worker_runner,
+    proxy,
+    broker_url,
+    namespace,
+    postgres_admin_url,
+    tmp_path,
+    probe,
+    ledger,
+    request,
+):
+    # Given pushes of four nodes waiting in the queue
+    worker_runner.start()
+    forges = [forge_of(make_node(name)) for name in "abcd"]
+    worker_runner.stop()
+    pushes = [forge.push([city(100 + i, f"batch {i}")], 0) for i, forge in enumerate(forges)]
+    wire = Wire(broker_url, namespace, b"")
+    try:
+        for message in pushes:
+            wire.publish(message)
+    finally:
+        wire.close()
+
+    # And a worker, reaching the broker through a proxy, that takes them all at once and
+    # holds the group at the stage (inside its transaction, or committed, not answered)
+    first = ThreadedWorker(dataclasses.replace(worker_config, broker_url=proxy.url(broker_url)))
+    first.worker = Worker(first.config)
+    gather(first.worker, BATCH)
+    hold = AtStage(stage, hold=True)
+    first.worker.add_stage_hook(hold)
+    first.thread = threading.Thread(target=first.worker.run, daemon=True)
+    second: WorkerProcess | None = None
+    try:
+        first.thread.start()
+        assert hold.reached.wait(15), "the batch never reached the first worker"
+
+        # And a second worker process consuming the same queues
+        name = f"dbsync_second_{uuid.uuid4().hex[:8]}"
+        config = dataclasses.replace(
+            worker_config, database_url=with_application_name(worker_config.database_url, name)
+        )
+        second = WorkerProcess(config, tmp_path / "second.log")
+        second.start()
+
+        # When the first worker's broker connection is cut with the batch in hand
+        proxy.cut()
+        ledger.fault(request.node.name)
+        sent = [message.message_id for message in pushes]
+        if stage == "in-transaction":
+            # the broker redelivers them to the second, which waits for the head lock
+            wait_until(
+                lambda: waiting_on_locks(postgres_admin_url, [name]) == 1,
+                20,
+                "the second worker to wait for the version head",
+            )
+        else:
+            wait_until(
+                lambda: all(_answered_lines(second, i) for i in sent), 20, "the second worker"
+            )
+        hold.release.set()  # the first commits (or goes on), and cannot answer
+        wait_until(lambda: all(_answered_lines(second, i) for i in sent), 30, "every answer")
+
+        # Then each push was applied once, as a version of its own, all by the first
+        # worker's group; the second answered every redelivery from its stored reply
+        assert probe.assert_gap_free() == BATCH
+        assert sorted(probe.push_request_ids()) == sorted(sent)
+        for request_id in sent:
+            [answered] = _answered_lines(second, request_id)
+            assert re.search(rf"push {request_id} node=\d+ -> ack in ", answered), answered
+        names = [f"batch {i}" for i in range(BATCH)]
+        assert sorted(probe.column(City, "name")) == names
+        ledger.operations(request.node.name, names, probe.column(City, "name"))
+    finally:
+        hold.release.set()
+        if second is not None:
+            second.terminate()
+        first.stop()
