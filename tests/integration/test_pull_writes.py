@@ -19,7 +19,7 @@ CITY, PERSON = MODELS.get("city").table, MODELS.get("person").table
 
 
 def _node(path: Path) -> sa.Engine:
-    engine = prepare(sa.create_engine(f"sqlite:///{path}"), foreign_keys=True, node=True)
+    engine = prepare(sa.create_engine(f"sqlite:///{path}"), foreign_keys=True, shared=True)
     schema.client_metadata.create_all(engine)
     Base.metadata.create_all(engine, tables=[CITY, PERSON])
     return engine
