@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 
 AgentState = Literal["stopped", "offline", "online", "syncing", "error"]
 
-MAX_EVENT_BYTES: Final = 4096
-"""An event is a signed version number: anything larger is not one."""
+MAX_EVENT_BYTES: Final = messages.MAX_EVENT_CHANGES + 4096
+"""An event is a signed version number, with at most ``MAX_EVENT_CHANGES`` of changes."""
 
 JITTER: Final = 0.2
 """Every pause is stretched or shrunk at random by up to this fraction, so that a
@@ -272,7 +272,7 @@ class Agent:
         self._publish(replace(self._status, state="offline", last_error=error))
 
     def _read_events(self) -> None:
-        newest = None
+        events: list[messages.Event] = []
         while True:
             try:
                 message = self._events.get_nowait()
@@ -281,13 +281,32 @@ class Agent:
             try:
                 signed, signature = signing.open_envelope(message.body, MAX_EVENT_BYTES)
                 signing.verify(signed, signature, self._server_key)
-                version = messages.decode_event(signed)
+                events.append(messages.decode_event(signed))
             except ProtocolError as exc:
                 logger.warning("ignoring an event that is not the server's: %s", exc)
-                continue
-            newest = version if newest is None else max(newest, version)
-        if newest is not None and newest > self._client.version:
-            self._pull_at = time.monotonic()
+        for event in sorted(events, key=lambda e: e.version):
+            if event.version > self._client.version and not self._merge_announced(event):
+                self._pull_at = time.monotonic()
+                return
+
+    def _merge_announced(self, event: messages.Event) -> bool:
+        """Merge what ``event`` carries; False when only a pull can bring it."""
+        try:
+            result = self._client._merge_announced(event)
+        except SyncError as exc:  # the pull that follows reports it, if it persists
+            logger.debug("the changes of version %d wait for a pull: %s", event.version, exc)
+            return False
+        if result is None:
+            return False
+        self._publish(
+            replace(
+                self._status,
+                version=result.version,
+                last_sync_at=dt.datetime.now(dt.timezone.utc),
+                conflicts=tuple(result.conflicts),
+            )
+        )
+        return True
 
     def _sync(self) -> None:
         self._push_at = None  # commits from now on call for another push

@@ -287,6 +287,23 @@ class SyncClient:
                     pulled.own.update(str(e[1]) for e in reply.body["versions"] if len(e) == 2)
             return self._merge(identity, pulled)
 
+    def _merge_announced(self, event: messages.Event) -> PullResult | None:
+        """Merge the changes an event carries when they are this node's next version and
+        the merge needs nothing the event lacks (the parents of unpushed deletes, the
+        settling of a push in flight); ``None`` when a pull is needed instead."""
+        if event.changes is None:
+            return None
+        with self._turn():
+            identity = self._require_identity()
+            if event.node_id == identity.node_id or event.version != identity.version + 1:
+                return None
+            with read_transaction(self.engine) as connection:
+                if local.load_inflight(connection) is not None or any(
+                    c.command == DELETE for c in compress_local(local.unpushed(connection))
+                ):
+                    return None
+            return self._merge(identity, Pulled(event.version, [event.changes]))
+
     # --- other requests -------------------------------------------------------------
 
     def repair(

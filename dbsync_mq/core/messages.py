@@ -264,25 +264,58 @@ def _check_error_rows(rows: Any) -> None:
         raise ProtocolError("reply: rows of an error must be [table, key] pairs")
 
 
-def encode_event(version: int, timestamp_ms: int) -> bytes:
-    """The signed bytes of a "version committed" notice."""
+MAX_EVENT_CHANGES: Final = 64 * 1024
+"""Packed changes an event may carry: a version larger than this is announced only."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A "version committed" notice: the version, and for a small version made by a
+    push, the pushing node, its request id and the changes as stored (a node at the
+    version before it merges them without a pull)."""
+
+    version: int
+    node_id: int | None = None
+    request_id: str | None = None
+    changes: bytes | None = None
+
+
+def encode_event(event: Event, timestamp_ms: int) -> bytes:
+    """The signed bytes of ``event``."""
     return codec.encode(
-        {"kind": EVENT, "proto": PROTOCOL_VERSION, "version": version, "ts": timestamp_ms}
+        {
+            "kind": EVENT,
+            "proto": PROTOCOL_VERSION,
+            "version": event.version,
+            "ts": timestamp_ms,
+            "node": event.node_id,
+            "rid": event.request_id,
+            "changes": event.changes,
+        }
     )
 
 
-def decode_event(signed_bytes: bytes) -> int:
-    """The version announced by an event."""
+_EVENT_FIELDS: Final[_Spec] = {
+    "kind": (str, False),
+    "proto": (int, False),
+    "version": (int, False),
+    "ts": (int, False),
+    "node": (int, True),
+    "rid": (str, True),
+    "changes": (bytes, True),
+}
+
+
+def decode_event(signed_bytes: bytes) -> Event:
+    """The event in ``signed_bytes``; ``ProtocolError`` if it is not one."""
     fields = _decode_map(signed_bytes, "event")
-    _check_fields(
-        fields,
-        {"kind": (str, False), "proto": (int, False), "version": (int, False), "ts": (int, False)},
-        "event",
-    )
+    _check_fields(fields, _EVENT_FIELDS, "event")
     if fields["kind"] != EVENT:
         raise ProtocolError("not an event")
-    version: int = fields["version"]
-    return version
+    changes = fields["changes"]
+    if changes is not None and len(changes) > MAX_EVENT_CHANGES:
+        raise ProtocolError("event: changes beyond what an event may carry")
+    return Event(fields["version"], fields["node"], fields["rid"], changes)
 
 
 def check_extra_data(extra: Mapping[str, Any] | None) -> None:

@@ -299,7 +299,7 @@ class Server:
             run_callbacks(self.models, changes)
         outgoing = [self._to_node(request, accepted.reply)]
         if accepted.version is not None:
-            outgoing.append(self._event(accepted.version))
+            outgoing.append(self._event(_announced(accepted.version, request)))
         return Outcome(
             "ack",
             outgoing,
@@ -461,8 +461,8 @@ class Server:
     def _direct(self, request: Request, reply_to: str, body: bytes) -> Outgoing:
         return Outgoing(_reply_message(request, body), reply_to=reply_to)
 
-    def _event(self, version: int) -> Outgoing:
-        body = signing.seal(messages.encode_event(version, self._now_ms()), self._key)
+    def _event(self, event: messages.Event) -> Outgoing:
+        body = signing.seal(messages.encode_event(event, self._now_ms()), self._key)
         message = Message(
             body=body,
             kind=messages.EVENT,
@@ -474,6 +474,17 @@ class Server:
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+def _announced(version: int, request: Request) -> messages.Event:
+    """The event for ``version``, made by ``request``: with its changes as stored when
+    they are small, so that agents merge them without pulling."""
+    changes = request.body.get("changes")
+    if "parts" in request.body or not isinstance(changes, bytes):
+        return messages.Event(version)  # a push in parts is stored joined, not as sent
+    if len(changes) > messages.MAX_EVENT_CHANGES:
+        return messages.Event(version)
+    return messages.Event(version, request.node_id, request.request_id, changes)
 
 
 def _reply_message(request: Request, body: bytes) -> Message:

@@ -53,6 +53,34 @@ def test_a_write_on_one_node_appears_on_another_without_it_calling_anything(make
     assert a.status.state == b.status.state == "stopped"
 
 
+def test_a_small_version_announced_by_its_event_is_merged_without_a_pull(make_node, worker):
+    # Given node B's agent running and caught up, and the kinds of requests served from then
+    a, b = make_node("a"), make_node("b")
+    served: list[str] = []
+    statuses = StatusLog()
+    with b.running(on_status=statuses):
+        statuses.wait_for(lambda s: s.state == "online")
+        worker.add_stage_hook(
+            lambda stage, kind, _rid: stage == "after-ack" and served.append(kind)
+        )
+
+        # When node A pushes a row (and pulls nothing)
+        write(a.engine, City(name="announced"))
+        assert a.push().version == 1
+
+        # Then the row reaches node B, which merged the version the event carried: the
+        # only request served was A's push
+        wait_until(
+            lambda: [row[1] for row in table_rows(b.engine)["city"]] == ["announced"],
+            15,
+            "the row to reach node B",
+        )
+        assert served == ["push"]
+        assert statuses.wait_for(lambda s: s.version == 1).state == "online"
+    assert b.version == 1
+    assert table_rows(b.engine) == table_rows(a.engine)
+
+
 def test_an_agent_started_while_the_broker_is_unreachable_pushes_soon_after_it_returns(
     make_node, worker, proxy, broker_url, probe, ledger, request
 ):

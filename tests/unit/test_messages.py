@@ -331,8 +331,17 @@ def test_an_ok_reply_body_is_checked_against_its_request_kind(kind: str) -> None
 # Events
 
 
-def test_an_event_round_trips_to_its_version() -> None:
-    assert messages.decode_event(messages.encode_event(42, 1_700_000_000_000)) == 42
+def test_an_event_round_trips_with_what_it_carries() -> None:
+    event = messages.Event(42, node_id=7, request_id="r1", changes=b"\x90")
+    assert messages.decode_event(messages.encode_event(event, 1_700_000_000_000)) == event
+    bare = messages.Event(43)
+    assert messages.decode_event(messages.encode_event(bare, 1)) == bare
+
+
+def test_an_event_carrying_more_changes_than_an_event_may_is_refused() -> None:
+    event = messages.Event(1, 2, "r", b"x" * (messages.MAX_EVENT_CHANGES + 1))
+    with pytest.raises(ProtocolError, match="changes"):
+        messages.decode_event(messages.encode_event(event, 1))
 
 
 def test_a_reply_is_not_an_event() -> None:
@@ -341,7 +350,7 @@ def test_a_reply_is_not_an_event() -> None:
 
 
 def test_an_event_with_a_bool_version_is_refused() -> None:
-    fields = codec.decode(messages.encode_event(1, 2))
+    fields = codec.decode(messages.encode_event(messages.Event(1), 2))
     fields["version"] = True
 
     with pytest.raises(ProtocolError, match="'version'"):
