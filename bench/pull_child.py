@@ -4,6 +4,7 @@
 
     python -m bench.pull_child ours DB_PATH BROKER_URL NAMESPACE
     python -m bench.pull_child phases DB_PATH BROKER_URL NAMESPACE
+    python -m bench.pull_child push DB_PATH BROKER_URL NAMESPACE
     python -m bench.pull_child baseline DB_PATH SIZE
 
 Prints one JSON line: ``seconds`` (of the pull, or of the baseline's
@@ -104,6 +105,28 @@ def repair(path: str, broker_url: str, namespace: str) -> dict[str, float]:
     return {"seconds": seconds, "changes": result.rows, "rss_before_mib": before}
 
 
+def push(path: str, broker_url: str, namespace: str) -> dict[str, float]:
+    """Push every pending operation of the node at ``path`` (a sync: push, then pull)."""
+    import sqlalchemy as sa
+
+    from bench.models import Item
+    from dbsync_mq import SyncClient
+
+    client = SyncClient(
+        sa.create_engine(f"sqlite:///{path}"),
+        broker_url=broker_url,
+        namespace=namespace,
+        models=[Item],
+        timeout=PULL_TIMEOUT_SECONDS,
+    )
+    before = _peak_rss_mib()
+    started = time.perf_counter()
+    result = client.sync()
+    seconds = time.perf_counter() - started
+    client.close()
+    return {"seconds": seconds, "changes": result.pushed, "rss_before_mib": before}
+
+
 def baseline(path: str, size: int) -> dict[str, float]:
     from bench.models import COLUMNS, item_rows  # columns in the order of item_row
 
@@ -136,6 +159,8 @@ def main(argv: list[str]) -> int:
         result = pull(path, rest[0], rest[1], phases=mode == "phases")
     elif mode == "repair":
         result = repair(path, rest[0], rest[1])
+    elif mode == "push":
+        result = push(path, rest[0], rest[1])
     else:
         result = baseline(path, int(rest[0]))
     print(json.dumps({**result, "rss_mib": _peak_rss_mib()}))

@@ -2,15 +2,15 @@
 
 # The import order is the table's row order.
 from bench.scenarios import apply, roundtrip, bulkpush, throughput, fleet  # noqa: I001
-from bench.scenarios import encode, pull, merge, repair, pending, propagation
+from bench.scenarios import encode, pull, large, merge, repair, propagation
 
 __all__ = [
     "apply",
     "bulkpush",
     "encode",
     "fleet",
+    "large",
     "merge",
-    "pending",
     "propagation",
     "pull",
     "repair",
