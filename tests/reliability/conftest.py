@@ -186,3 +186,15 @@ def register_directly(server: Server) -> Forge:
     [item] = server.handle(stranger.register(token)).outgoing
     reply = read_reply(item.message.body, server.public_key, messages.REGISTER)
     return Forge(reply.body["node"], stranger.seed)
+
+
+def settled(nodes: Iterable[SyncClient], probe: ServerProbe) -> bool:
+    """Every node has pushed everything, merged the head, and equals the server."""
+    head = probe.head()
+    server = probe.rows()
+    return all(
+        node.pending_operations() == 0
+        and node.version == head
+        and table_rows(node.engine) == server
+        for node in nodes
+    )
