@@ -299,7 +299,9 @@ class Server:
             run_callbacks(self.models, changes)
         outgoing = [self._to_node(request, accepted.reply)]
         if accepted.version is not None:
-            outgoing.append(self._event(_announced(accepted.version, request)))
+            # The event first: its confirm is quick (agents' queues are transient), and the
+            # other nodes need not wait for the pushing node's reply to be stored.
+            outgoing.insert(0, self._event(_announced(accepted.version, request)))
         return Outcome(
             "ack",
             outgoing,
