@@ -72,7 +72,7 @@ class DirectNode:
     def reply_to(self, message: Message) -> messages.Reply:
         """Handle ``message`` and return the (first) reply; raise if it is an error."""
         outcome = self.server.handle(message)
-        outgoing = list(outcome.outgoing)
+        outgoing = [item for item in outcome.outgoing if not item.event]
         if not outgoing:
             why = f"{outcome.disposition}: {outcome.reason}"
             raise RuntimeError(f"{message.kind} got no reply ({why})")
