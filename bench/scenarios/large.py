@@ -37,8 +37,8 @@ def _node_file(client: SyncClient) -> str:
 
 @scenario("large")
 def large(run: Run) -> list[Measurement]:
-    """A push and a pull of 200,000 operations (50,000 with --quick): peak RSS of each side."""
-    size = run.pick(50_000, 200_000)
+    """A push and a pull of 200,000 operations (20,000 with --quick): peak RSS of each side."""
+    size = run.pick(20_000, 200_000)
     setup = new_server(run.services, "postgresql")
     worker = WorkerProcess(setup)
     worker.start()
