@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 
 import pika
 import pytest
 import sqlalchemy as sa
 
-from dbsync_mq import RepairRequired, SyncTimeout, commands
+from dbsync_mq import RepairRequired, SyncStatus, SyncTimeout, commands
 from dbsync_mq.server.trim import TrimResult, trim
 from dbsync_mq.storage import local, schema
 from dbsync_mq.storage.schema import utcnow
@@ -129,6 +130,56 @@ def test_a_node_behind_the_retention_horizon_keeps_its_changes_or_repairs_when_i
     b.sync()
     a.sync()
     assert table_rows(a.engine) == table_rows(b.engine) == probe.rows()
+
+
+class Statuses:
+    """The statuses an agent reported, with a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.seen: list[SyncStatus] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, status: SyncStatus) -> None:
+        with self._changed:
+            self.seen.append(status)
+            self._changed.notify_all()
+
+    def wait_for(self, test, timeout: float = 15) -> SyncStatus:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: next((s for s in self.seen if test(s)), None), timeout
+            )
+        assert found, f"no such status in {self.seen}"
+        return found
+
+
+def test_the_agent_of_a_node_behind_the_horizon_repairs_or_reports_repair_required(
+    make_node, worker, server_url, probe
+):
+    # Given nodes b and c at version 1, versions 2 and 3 pushed since, then trimmed,
+    # and b with a local change
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    write(a.engine, City(name="one"))
+    a.sync()
+    b.sync()
+    c.sync()
+    for name in ("two", "three"):
+        write(a.engine, City(name=name))
+        a.sync()
+    write(b.engine, City(id=100, name="b-local"))
+    trim_server(server_url, keep_days=1, now=utcnow() + dt.timedelta(days=2))
+
+    # When both run their agents
+    b_statuses, c_statuses = Statuses(), Statuses()
+    with b.running(on_status=b_statuses), c.running(on_status=c_statuses):
+        # Then b's reports RepairRequired and keeps the change
+        failed = b_statuses.wait_for(lambda s: s.state == "error")
+        assert isinstance(failed.last_error, RepairRequired)
+        assert b.pending_operations() == 1
+        # And c's repairs it and goes online at the head
+        c_statuses.wait_for(lambda s: s.state == "online" and s.version == 3)
+    assert table_rows(c.engine) == probe.rows()
+    assert city_names(b.engine) == ["b-local", "one"]
 
 
 def test_a_push_in_flight_across_a_trim_gets_its_stored_answer_and_is_applied_once(
