@@ -13,8 +13,8 @@ per row changed (where its last change is), the second gives each row's
 compressed change as soon as its last change is read, and replies go out a
 chunk at a time. A node at version 0 whose history is much longer than the
 tables, or partly trimmed, gets the tables as they are now, as a repair would;
-a node behind the trimmed horizon is refused (``repair-required``). Everything is read
-in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on
+a node behind the trimmed horizon is refused (``repair-required``). Everything
+is read in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on
 SQLite's WAL), which the reply's chunks are streamed from.
 """
 
@@ -75,7 +75,8 @@ def pull_bodies(
 ) -> Iterator[dict[str, Any]]:
     """The reply bodies of a pull, produced as they are sent; at least one.
 
-    Raises ``RequestRefused`` (at the first body) for a version the server does not know.
+    Raises ``RequestRefused`` (at the first body) for a version the server does not know
+    (``unknown-version``) or whose next versions were trimmed (``repair-required``).
     """
     with snapshot_transaction(engine) as connection:
         head, trimmed = state.read_head_and_trimmed(connection)
