@@ -20,6 +20,7 @@ from dbsync_mq.errors import (
     ProtocolError,
     PullRequired,
     PushRejected,
+    RepairRequired,
     ReplyRejected,
     SignatureError,
 )
@@ -234,6 +235,8 @@ def raise_for(reply: Reply, kind: str) -> None:
     """Raise the error an error reply stands for."""
     code, reason = reply.code or "error", reply.reason or ""
     rows = messages.error_rows(reply)
+    if code == "repair-required":
+        raise RepairRequired(code, reason)
     if kind == messages.PUSH:
         if code == "pull-required":
             raise PullRequired(code, reason)

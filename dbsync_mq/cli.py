@@ -27,6 +27,14 @@ _namespace = options.namespace
 _models = options.models
 _fail_cleanly = options.fail_cleanly
 
+_keep_days = click.option(
+    "--keep-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Also trim the versions older than DAYS, whatever the nodes have merged "
+    "(a node behind them repairs).",
+)
+
 
 @click.group()
 @click.version_option(package_name="dbsync-mq")
@@ -135,6 +143,13 @@ def enroll(
     multiple=True,
     help="module:function called with the worker before it starts (repeatable).",
 )
+@click.option(
+    "--trim-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Trim the version log every SECONDS, as `dbsync-mq trim` does [default: never].",
+)
+@_keep_days
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 @_fail_cleanly
 def worker(
@@ -149,6 +164,8 @@ def worker(
     metrics_address: str,
     log_format: str,
     plugins: tuple[str, ...],
+    trim_every: float | None,
+    keep_days: float | None,
     verbose: bool,
 ) -> None:
     """Serve push, pull, register and other requests until SIGTERM or SIGINT."""
@@ -167,6 +184,8 @@ def worker(
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         plugins=plugins,
+        trim_every=trim_every,
+        keep_days=keep_days,
     )
     sys.exit(commands.worker(config, verbose=verbose, log_format=log_format))
 
@@ -279,6 +298,19 @@ def repair(database_url: str, models: str, broker_url: str, namespace: str, forc
         f"repaired: {result.rows} rows at version {result.version}"
         + (f", {result.discarded} unpushed local changes discarded" if result.discarded else ""),
         err=True,
+    )
+
+
+@main.command()
+@_db
+@_keep_days
+@_fail_cleanly
+def trim(database_url: str, keep_days: float | None) -> None:
+    """Delete the versions every enabled node has merged (see docs/operations.md)."""
+    result = commands.trim(database_url, keep_days=keep_days)
+    click.echo(
+        f"trimmed through version {result.trimmed_through} of {result.head}: "
+        f"{result.versions} versions and {result.requests} stored replies deleted"
     )
 
 

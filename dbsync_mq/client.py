@@ -57,6 +57,7 @@ from dbsync_mq.errors import (
     ProtocolError,
     PullRequired,
     PushRejected,
+    RepairRequired,
     ReplyRejected,
     SyncTimeout,
     UniqueConstraintError,
@@ -223,20 +224,25 @@ class SyncClient:
     def sync(
         self, *, extra_data: Mapping[str, Any] | None = None, max_attempts: int = MAX_SYNC_ATTEMPTS
     ) -> SyncResult:
-        """Push local changes, pulling and merging first whenever the server is ahead."""
+        """Push local changes, pulling and merging first whenever the server is ahead.
+
+        A node behind the server's trimmed version log is repaired when it has nothing
+        to push; with local changes waiting, ``RepairRequired`` is raised and they are
+        kept (see ``repair``).
+        """
         with self._turn():
             pulls: list[PullResult] = []
             for _attempt in range(max_attempts):
                 try:
                     pushed = self.push(extra_data=extra_data)
                 except PullRequired:
-                    pulls.append(self.pull(extra_data=extra_data))
+                    pulls.append(self._pull_or_repair(extra_data))
                     continue
                 behind = pushed.accepted_version is not None and pushed.version < (
                     pushed.accepted_version
                 )
                 if behind or (pushed.operations == 0 and not pulls):
-                    pulls.append(self.pull(extra_data=extra_data))
+                    pulls.append(self._pull_or_repair(extra_data))
                 return SyncResult(
                     self.version,
                     pushed.operations,
@@ -245,6 +251,21 @@ class SyncClient:
                     [failure for pull in pulls for failure in pull.extension_failures],
                 )
             raise PullRequired("pull-required", f"still behind after {max_attempts} attempts")
+
+    def _pull_or_repair(self, extra_data: Mapping[str, Any] | None) -> PullResult:
+        """``pull``; from behind the trimmed horizon, ``repair`` when nothing is pending
+        (its rows count as the changes pulled), else ``RepairRequired``."""
+        try:
+            return self.pull(extra_data=extra_data)
+        except RepairRequired as refused:
+            try:
+                repaired = self.repair(extra_data=extra_data)
+            except PendingChanges:
+                raise refused from None
+            logger.info(
+                "repaired to version %d: the versions it lacked were trimmed", repaired.version
+            )
+            return PullResult(repaired.version, repaired.rows)
 
     def push(self, *, extra_data: Mapping[str, Any] | None = None) -> PushResult:
         """Send the local changes; ``PullRequired`` if the server has changes to merge first.

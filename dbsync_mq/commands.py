@@ -27,6 +27,7 @@ from dbsync_mq.config import WorkerConfig
 from dbsync_mq.errors import BrokerUnavailable, ConfigurationError
 from dbsync_mq.results import RepairResult
 from dbsync_mq.server import initialize, issue_enrollment
+from dbsync_mq.server.trim import TrimResult
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.engine import create_engine, read_transaction
 from dbsync_mq.transport import rabbitmq
@@ -50,6 +51,7 @@ __all__ = [
     "show_node",
     "status",
     "teardown",
+    "trim",
     "worker",
 ]
 
@@ -208,6 +210,19 @@ def repair(
         )
         with client:
             return client.repair(force=force, progress=progress)
+    finally:
+        engine.dispose()
+
+
+def trim(database_url: str, *, keep_days: float | None = None) -> TrimResult:
+    """Delete the versions every enabled node has merged, and with ``keep_days`` those
+    older than that; prune the stored replies no request can need (see ``server.trim``)."""
+    from dbsync_mq.server.trim import trim as trim_versions
+    from worker.process import create_server_engine
+
+    engine = create_server_engine(database_url)
+    try:
+        return trim_versions(engine, keep_days=keep_days)
     finally:
         engine.dispose()
 

@@ -92,6 +92,11 @@ class WorkerConfig:
     batch_max: int = DEFAULT_BATCH_MAX
     """Pushes in hand applied at most in one transaction (group commit); 1 turns it off.
     A worker never waits for a batch to fill: it takes what prefetch already gave it."""
+    trim_every: float | None = None
+    """Seconds between two trims of the version log (``dbsync-mq trim``); ``None``: never."""
+    keep_days: float | None = None
+    """With ``trim_every``: versions older than this many days are trimmed too, whatever
+    the nodes have merged (a node behind them repairs)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,6 +110,10 @@ class WorkerConfig:
             problems.append(f"batch_max must be at least 1, not {self.batch_max}")
         if self.processes < 1:
             problems.append(f"processes must be at least 1, not {self.processes}")
+        if self.trim_every is not None and self.trim_every <= 0:
+            problems.append(f"trim_every must be more than 0 seconds, not {self.trim_every}")
+        if self.keep_days is not None and self.keep_days < 0:
+            problems.append(f"keep_days must be 0 or more, not {self.keep_days}")
         try:
             Topology(self.namespace)
         except ConfigurationError as exc:

@@ -16,8 +16,9 @@
     ├── SyncTimeout               no reply in time (retryable)
     ├── RequestRefused            the server refused a request, with a code
     ├── ReplyRejected             the server answered a request with an error
-    │   └── PushRejected          a push was not applied
-    │       └── PullRequired      the node is behind: pull, then push again (retryable)
+    │   ├── PushRejected          a push was not applied
+    │   │   └── PullRequired      the node is behind: pull, then push again (retryable)
+    │   └── RepairRequired        the node is behind the trimmed version log: repair
     └── MergeError                a pull could not be merged; nothing was changed
         └── UniqueConstraintError a local row clashes with a remote row on a unique key
 
@@ -145,6 +146,16 @@ class PullRequired(PushRejected):
     """The server has versions this node has not merged: pull, then push again."""
 
     retryable = True
+
+
+class RepairRequired(ReplyRejected):
+    """The versions this node has not merged were trimmed from the server's log: only a
+    repair (``SyncClient.repair``) brings it up to date.
+
+    ``sync()`` repairs by itself when nothing waits to be pushed; otherwise it raises
+    this and keeps the local changes: they cannot be pushed from behind the horizon, so
+    look at them (``SyncClient.pending_changes``), then repair with ``force=True``.
+    """
 
 
 class MergeError(SyncError):

@@ -30,9 +30,10 @@ import sqlalchemy as sa
 
 from dbsync_mq.config import WorkerConfig
 from dbsync_mq.core import messages
-from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
+from dbsync_mq.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable, SyncError
 from dbsync_mq.server import Outcome, Server
 from dbsync_mq.server.activity import NodeActivity
+from dbsync_mq.server.trim import trim
 from dbsync_mq.storage.engine import create_engine
 from dbsync_mq.storage.models import ModelSet
 from dbsync_mq.transport.base import Delivery, Outgoing
@@ -181,6 +182,12 @@ class Worker:
             target=self.activity.flush_until, args=(self._stopping,), name="dbsync-activity"
         )
         recorder.start()
+        trimmer = None
+        if self.config.trim_every is not None:
+            trimmer = threading.Thread(
+                target=self._trim_every, args=(self.config.trim_every,), name="dbsync-trim"
+            )
+            trimmer.start()
         backoff = Backoff()
         try:
             while not self.stopping:
@@ -203,10 +210,24 @@ class Worker:
             self.connected.clear()
             handler.join(timeout=60)
             recorder.join()
+            if trimmer is not None:
+                trimmer.join()
             self.activity.flush()
             self._stopped.set()
         logger.info("worker stopped")
         return RET_OK
+
+    def _trim_every(self, seconds: float) -> None:
+        """Trim the version log every ``seconds`` until the worker stops (its thread)."""
+        while not self._stopping.wait(seconds):
+            try:
+                trim(
+                    self.engine,
+                    keep_days=self.config.keep_days,
+                    request_window_seconds=self.config.server.request_window_seconds,
+                )
+            except (SyncError, sa.exc.SQLAlchemyError) as exc:
+                logger.warning("could not trim the version log: %s", exc)
 
     def _serve_connection(self, backoff: Backoff) -> None:
         self.consumer.connect()

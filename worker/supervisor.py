@@ -56,11 +56,13 @@ PARENT_CHECK_SECONDS: Final = 1.0
 
 
 def child_config(config: WorkerConfig, index: int) -> WorkerConfig:
-    """Child ``index``'s settings: its own metrics port (``metrics_port + index``)."""
+    """Child ``index``'s settings: its own metrics port (``metrics_port + index``); only
+    the first trims the version log (one trimmer is enough)."""
     port = config.metrics_port
     if port:  # not None (no endpoint) nor 0 (any free port)
         port += index
-    return dataclasses.replace(config, processes=1, metrics_port=port)
+    trim_every = config.trim_every if index == 0 else None
+    return dataclasses.replace(config, processes=1, metrics_port=port, trim_every=trim_every)
 
 
 def _run_child(config: WorkerConfig, verbose: bool, log_format: str) -> None:

@@ -12,8 +12,9 @@ compressed in one pass; a larger one in two: the first keeps a key and a number
 per row changed (where its last change is), the second gives each row's
 compressed change as soon as its last change is read, and replies go out a
 chunk at a time. A node at version 0 whose history is much longer than the
-tables gets the tables as they are now, as a repair would. Everything is read
-in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on
+tables, or partly trimmed, gets the tables as they are now, as a repair would;
+a node behind the trimmed horizon is refused (``repair-required``). Everything
+is read in one snapshot (``REPEATABLE READ`` on PostgreSQL, one read transaction on
 SQLite's WAL), which the reply's chunks are streamed from.
 """
 
@@ -34,6 +35,7 @@ from dbsync_mq.errors import RequestRefused
 from dbsync_mq.runtime import collector_paused
 from dbsync_mq.server import forward, state
 from dbsync_mq.server.repair import current_rows
+from dbsync_mq.server.trim import REPAIR_REQUIRED
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import read_row_keys
 from dbsync_mq.storage.engine import snapshot_transaction
@@ -73,17 +75,21 @@ def pull_bodies(
 ) -> Iterator[dict[str, Any]]:
     """The reply bodies of a pull, produced as they are sent; at least one.
 
-    Raises ``RequestRefused`` (at the first body) for a version the server does not know.
+    Raises ``RequestRefused`` (at the first body) for a version the server does not know
+    (``unknown-version``) or whose next versions were trimmed (``repair-required``).
     """
     with snapshot_transaction(engine) as connection:
-        head = state.read_head(connection)
+        head, trimmed = state.read_head_and_trimmed(connection)
         check_since(query.since, head)
         if head == query.since:
             yield nothing_new_body(head)
             return
+        check_trimmed(query.since, trimmed)
         pulled = {model.name for model in models if model.pulled}
         range_ = _Range(connection, pulled, query, head)
-        if _wants_snapshot(connection, models, range_, sizes.in_memory):
+        if (query.since == 0 and trimmed > 0) or _wants_snapshot(
+            connection, models, range_, sizes.in_memory
+        ):
             changes: Iterable[Change] = _snapshot(connection, models)
         else:
             forwarded = _forwarded(range_, sizes)
@@ -109,6 +115,17 @@ def check_since(since: int, head: int) -> None:
         raise RequestRefused(
             "unknown-version",
             f"the node claims version {since} but the server is at {head}: repair the node",
+        )
+
+
+def check_trimmed(since: int, trimmed: int) -> None:
+    """Refuse a pull from behind the trimmed horizon: the versions it needs are gone. A
+    node at version 0 is not refused: it gets the tables as they are."""
+    if 0 < since < trimmed:
+        raise RequestRefused(
+            REPAIR_REQUIRED,
+            f"the node is at version {since} but the versions up to {trimmed} were trimmed: "
+            "repair the node",
         )
 
 

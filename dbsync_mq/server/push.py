@@ -222,6 +222,10 @@ def _check_rebase(job: PushJob, base: int, head: int) -> None:
     behind = f"the server is at version {head}, the node at {base}"
     if not 0 <= base < head or head - base > MAX_REBASE_VERSIONS:
         raise RequestRefused(PULL_REQUIRED, behind)
+    if base < state.read_trimmed(job.connection):
+        # The versions it has not seen are trimmed: nothing to check it against. Its
+        # pull is refused in turn, and it repairs.
+        raise RequestRefused(PULL_REQUIRED, behind)
     if any(change.command == DELETE for change in job.changes):
         raise RequestRefused(PULL_REQUIRED, behind)
     pushed = {change.row_key for change in job.changes}

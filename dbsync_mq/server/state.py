@@ -112,6 +112,20 @@ def read_head(connection: Connection) -> int:
     return int(version)
 
 
+def read_head_and_trimmed(connection: Connection) -> tuple[int, int]:
+    """The current version and the last version trimmed (0: none), without locking."""
+    h = schema.head.c
+    row = connection.execute(sa.select(h.version, h.trimmed_through).where(h.id == 1)).first()
+    if row is None:
+        raise ConfigurationError("the server database is not initialized: run `dbsync-mq init`")
+    return int(row.version), int(row.trimmed_through or 0)
+
+
+def read_trimmed(connection: Connection) -> int:
+    """The last version trimmed (0: none)."""
+    return int(connection.execute(sa.select(schema.head.c.trimmed_through)).scalar() or 0)
+
+
 def advance_head(connection: Connection, version: int) -> None:
     connection.execute(schema.head.update().where(schema.head.c.id == 1).values(version=version))
 

@@ -103,6 +103,12 @@ head = sa.Table(
     server_metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column(
+        "trimmed_through",
+        sa.BigInteger,
+        nullable=True,
+        doc="versions up to this one were trimmed (null: none); see `server.trim`",
+    ),
 )
 """The version counter: one row, locked by every write that makes a version."""
 

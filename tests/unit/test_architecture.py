@@ -206,6 +206,7 @@ PUBLIC_NAMES = {
     "PushRejected",
     "PushResult",
     "QuarantinedRow",
+    "RepairRequired",
     "RepairResult",
     "ReplyRejected",
     "RequestRefused",
