@@ -109,7 +109,12 @@ def namespace(broker_url: str, node_ids: list[int]) -> Iterator[str]:
     """A namespace of its own: no test sees another's messages."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    delete_topology(broker_url, Topology(name), tuple(node_ids))
+    try:
+        # Every queue of the namespace the management API lists: node reply queues of
+        # nodes registered out of the test's sight (subprocesses, races) included.
+        commands.teardown(broker_url, commands.plan_teardown(broker_url, name))
+    finally:
+        delete_topology(broker_url, Topology(name), tuple(node_ids))
 
 
 @pytest.fixture

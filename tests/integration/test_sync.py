@@ -19,6 +19,7 @@ from dbsync_mq import (
     UniqueConstraintError,
 )
 from dbsync_mq.storage import schema
+from dbsync_mq.storage.tracking import BULK_SLICE_ROWS
 from tests.conftest import ThreadedWorker, table_rows, write
 from tests.models import City, Note, Person, Tag
 
@@ -118,6 +119,27 @@ def test_bulk_orm_statements_are_captured(make_node, worker, server_url):
         ("c3", 100),
         ("c4", 100),
     ]
+
+
+def test_a_bulk_insert_larger_than_a_slice_records_every_row_once(make_node, worker):
+    # Given a node inserting more rows in one statement than are executed at a time
+    a, b = make_node("a"), make_node("b")
+    count = 2 * BULK_SLICE_ROWS + 7
+    with Session(a.engine) as session:
+        session.execute(sa.insert(City), [{"name": f"c{i}", "population": i} for i in range(count)])
+        session.commit()
+
+    # Then each row is one pending insert, in the order written
+    with a.engine.connect() as connection:
+        ids = connection.execute(sa.select(City.id).order_by(City.population)).scalars().all()
+    assert [(c.table, c.key, c.command) for c in a.pending_changes()] == [
+        ("city", key, "i") for key in ids
+    ]
+    # And they all reach another node
+    a.sync()
+    b.sync()
+    assert table_rows(b.engine) == table_rows(a.engine)
+    assert len(table_rows(b.engine)["city"]) == count
 
 
 def test_bulk_update_by_primary_key_and_insert_returning_are_captured(make_node, worker):
