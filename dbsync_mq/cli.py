@@ -310,8 +310,13 @@ def trim(database_url: str, keep_days: float | None) -> None:
     result = commands.trim(database_url, keep_days=keep_days)
     click.echo(
         f"trimmed through version {result.trimmed_through} of {result.head}: "
-        f"{result.versions} versions and {result.requests} stored replies deleted"
+        f"{_counted(result.versions, 'version')} and "
+        f"{_counted(result.requests, 'stored reply', 'stored replies')} deleted"
     )
+
+
+def _counted(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 @main.command()
