@@ -48,7 +48,7 @@ def test_trim_deletes_what_every_node_merged_and_with_keep_days_what_is_older(
 
     # Then that version goes too, and b (at version 0) gets the tables as they are
     assert kept.returncode == 0, kept.stderr
-    assert kept.stdout.startswith("trimmed through version 3 of 3: 1 versions")
+    assert kept.stdout.startswith("trimmed through version 3 of 3: 1 version and")
     assert probe.count(schema.versions) == 0
     b.sync()
     assert table_rows(b.engine) == probe.rows()
