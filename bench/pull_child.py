@@ -60,19 +60,24 @@ def _watch_phases(client: Any, marks: dict[str, float]) -> None:
         setattr(client, name, wrapped)
 
 
-def pull(path: str, broker_url: str, namespace: str, phases: bool = False) -> dict[str, float]:
+def _client(path: str, broker_url: str, namespace: str) -> Any:
+    """The node on the SQLite file at ``path`` (imported here: the baseline needs none of it)."""
     import sqlalchemy as sa
 
     from bench.models import Item
     from dbsync_mq import SyncClient
 
-    client = SyncClient(
+    return SyncClient(
         sa.create_engine(f"sqlite:///{path}"),
         broker_url=broker_url,
         namespace=namespace,
         models=[Item],
         timeout=PULL_TIMEOUT_SECONDS,
     )
+
+
+def pull(path: str, broker_url: str, namespace: str, phases: bool = False) -> dict[str, float]:
+    client = _client(path, broker_url, namespace)
     marks: dict[str, float] = {}
     if phases:
         _watch_phases(client, marks)
@@ -85,18 +90,7 @@ def pull(path: str, broker_url: str, namespace: str, phases: bool = False) -> di
 
 
 def repair(path: str, broker_url: str, namespace: str) -> dict[str, float]:
-    import sqlalchemy as sa
-
-    from bench.models import Item
-    from dbsync_mq import SyncClient
-
-    client = SyncClient(
-        sa.create_engine(f"sqlite:///{path}"),
-        broker_url=broker_url,
-        namespace=namespace,
-        models=[Item],
-        timeout=PULL_TIMEOUT_SECONDS,
-    )
+    client = _client(path, broker_url, namespace)
     before = _peak_rss_mib()
     started = time.perf_counter()
     result = client.repair()
@@ -107,18 +101,7 @@ def repair(path: str, broker_url: str, namespace: str) -> dict[str, float]:
 
 def push(path: str, broker_url: str, namespace: str) -> dict[str, float]:
     """Push every pending operation of the node at ``path`` (a sync: push, then pull)."""
-    import sqlalchemy as sa
-
-    from bench.models import Item
-    from dbsync_mq import SyncClient
-
-    client = SyncClient(
-        sa.create_engine(f"sqlite:///{path}"),
-        broker_url=broker_url,
-        namespace=namespace,
-        models=[Item],
-        timeout=PULL_TIMEOUT_SECONDS,
-    )
+    client = _client(path, broker_url, namespace)
     before = _peak_rss_mib()
     started = time.perf_counter()
     result = client.sync()

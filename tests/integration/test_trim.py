@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import threading
 
 import pika
 import pytest
 import sqlalchemy as sa
 
-from dbsync_mq import RepairRequired, SyncStatus, SyncTimeout, commands
+from dbsync_mq import RepairRequired, SyncTimeout, commands
 from dbsync_mq.server.trim import TrimResult, trim
 from dbsync_mq.storage import local, schema
 from dbsync_mq.storage.schema import utcnow
@@ -19,6 +18,7 @@ from dbsync_mq.transport.topology import Topology
 from tests.conftest import ThreadedWorker, table_rows, write
 from tests.models import City
 from tests.reliability.conftest import AtStage, wait_until
+from tests.statuses import StatusLog
 
 pytestmark = pytest.mark.broker
 
@@ -132,27 +132,6 @@ def test_a_node_behind_the_retention_horizon_keeps_its_changes_or_repairs_when_i
     assert table_rows(a.engine) == table_rows(b.engine) == probe.rows()
 
 
-class Statuses:
-    """The statuses an agent reported, with a way to wait for one."""
-
-    def __init__(self) -> None:
-        self.seen: list[SyncStatus] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, status: SyncStatus) -> None:
-        with self._changed:
-            self.seen.append(status)
-            self._changed.notify_all()
-
-    def wait_for(self, test, timeout: float = 15) -> SyncStatus:
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: next((s for s in self.seen if test(s)), None), timeout
-            )
-        assert found, f"no such status in {self.seen}"
-        return found
-
-
 def test_the_agent_of_a_node_behind_the_horizon_repairs_or_reports_repair_required(
     make_node, worker, server_url, probe
 ):
@@ -170,7 +149,7 @@ def test_the_agent_of_a_node_behind_the_horizon_repairs_or_reports_repair_requir
     trim_server(server_url, keep_days=1, now=utcnow() + dt.timedelta(days=2))
 
     # When both run their agents
-    b_statuses, c_statuses = Statuses(), Statuses()
+    b_statuses, c_statuses = StatusLog(), StatusLog()
     with b.running(on_status=b_statuses), c.running(on_status=c_statuses):
         # Then b's reports RepairRequired and keeps the change
         failed = b_statuses.wait_for(lambda s: s.state == "error")

@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from dbsync_mq import PushRejected, SyncStatus, UniqueConstraintError
+from dbsync_mq import PushRejected, UniqueConstraintError
 from tests.conftest import table_rows, write
 from tests.models import TRACKED, City, Tag
 from tests.node_only_models import Gadget
 from tests.reliability.conftest import wait_until
+from tests.statuses import StatusLog
 
 pytestmark = pytest.mark.broker
-
-
-class StatusLog:
-    """Every status an agent reported, with a way to wait for one."""
-
-    def __init__(self) -> None:
-        self.seen: list[SyncStatus] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, status: SyncStatus) -> None:
-        with self._changed:
-            self.seen.append(status)
-            self._changed.notify_all()
-
-    def wait_for(self, test, timeout: float = 15) -> SyncStatus:
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: next((s for s in self.seen if test(s)), None), timeout
-            )
-        assert found, f"no such status in {self.seen}"
-        return found
 
 
 def test_a_write_on_one_node_appears_on_another_without_it_calling_anything(make_node, worker):
