@@ -20,7 +20,8 @@ row stops the decoding.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, TypeGuard
 
 from dbsync_mq.core import codec
@@ -49,6 +50,9 @@ _DEFLATED: Final = b"\x00"
 _JOINED: Final = b"\x01"
 """Marks packed change lists stored one after the other (a push that came in parts)."""
 _SECTION: Final = "changes: a table section is [table, columns, rows]"
+_NO_CLOCKS: Final[Mapping[str, int]] = MappingProxyType({})
+"""Shared by every decoded change without column clocks (most inserts): a large push
+would otherwise hold an empty dict per row."""
 
 
 def encode_changes(changes: Iterable[Change]) -> bytes:
@@ -405,9 +409,9 @@ def _decode_values(table: str, columns: Sequence[str], values: Any) -> dict[str,
     return dict(zip(columns[: len(values)], values, strict=True))
 
 
-def _decode_clocks(table: str, columns: Sequence[str], clocks: Any) -> dict[str, int]:
-    if clocks is None:
-        return {}
+def _decode_clocks(table: str, columns: Sequence[str], clocks: Any) -> Mapping[str, int]:
+    if clocks is None or clocks == {}:
+        return _NO_CLOCKS
     if not isinstance(clocks, dict):
         raise ProtocolError(f"changes: clocks of a row of {table!r} must be a map")
     decoded: dict[str, int] = {}

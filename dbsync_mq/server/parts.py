@@ -22,6 +22,7 @@ from dbsync_mq.core.changeset import iter_changes, join_changes
 from dbsync_mq.core.messages import Request
 from dbsync_mq.core.model import Change
 from dbsync_mq.errors import RequestRefused
+from dbsync_mq.server.push import SeenRows
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.schema import utcnow
 
@@ -69,13 +70,10 @@ def assembled(request: Request, parts: Sequence[bytes]) -> tuple[Request, list[C
     Each part was checked as it arrived; a row in two parts is refused here.
     """
     changes: list[Change] = []
-    seen: set[object] = set()
+    seen = SeenRows()
     for part in parts:
         for change in iter_changes(part, trusted=True):
-            if change.row_key in seen:
-                reason = f"{change.table} row {change.key!r} appears twice"
-                raise RequestRefused("malformed", reason, [(change.table, change.key)])
-            seen.add(change.row_key)
+            seen.add(change)
             changes.append(change)
     body = {"base": request.body["base"], "changes": join_changes(parts)}
     whole = Request(

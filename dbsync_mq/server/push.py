@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from dbsync_mq.core.changeset import iter_changes
 from dbsync_mq.core.messages import Request
-from dbsync_mq.core.model import DELETE, Change, RowKey
+from dbsync_mq.core.model import DELETE, Change, Key, RowKey
 from dbsync_mq.errors import ProtocolError, RequestRefused
 from dbsync_mq.server import state
 from dbsync_mq.server.hooks import Hooks, PushContext
@@ -71,20 +71,17 @@ def decode_push(models: ModelSet, request: Request, max_bytes: int) -> list[Chan
     """
     changes: list[Change] = []
     refusals: list[RequestRefused] = []
-    seen: set[tuple[str, object]] = set()
+    seen = SeenRows()
     try:
         for change in iter_changes(request.body["changes"], max_bytes):
             try:
                 check_change(models, change)
-                if hashable_key(change) in seen:
-                    reason = f"{change.table} row {change.key!r} appears twice"
-                    raise RequestRefused("malformed", reason, [(change.table, change.key)])
+                seen.add(change)
             except RequestRefused as exc:
                 refusals.append(exc)
                 if len(refusals) == MAX_REFUSED_ROWS:
                     break
                 continue
-            seen.add(change.row_key)
             changes.append(change)
     except ProtocolError as exc:
         raise RequestRefused("malformed", str(exc)) from None
@@ -99,6 +96,21 @@ def _refusal(refusals: Sequence[RequestRefused]) -> RequestRefused:
     more = f" (and {len(refusals) - 1} more refused rows)" if len(refusals) > 1 else ""
     rows = [row for refusal in refusals for row in refusal.rows]
     return RequestRefused(first.code, first.reason + more, rows)
+
+
+class SeenRows:
+    """The rows of a push seen so far, to refuse a row that appears twice. Kept by table,
+    holding the changes' own key objects: a large push costs no tuple per row."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, set[Key]] = {}
+
+    def add(self, change: Change) -> None:
+        keys = self._keys.setdefault(change.table, set())
+        if hashable_key(change)[1] in keys:
+            reason = f"{change.table} row {change.key!r} appears twice"
+            raise RequestRefused("malformed", reason, [(change.table, change.key)])
+        keys.add(change.key)
 
 
 def hashable_key(change: Change) -> RowKey:
@@ -150,7 +162,12 @@ def _moving_rows(
     connection: Connection, models: ModelSet, changes: Sequence[Change]
 ) -> set[RowKey]:
     """Rows whose unique values pass to other rows of the push; refuse real clashes."""
-    writes = {c.row_key: c.values for c in changes if c.command != DELETE and c.values}
+    unique = {name for name, table in models.schema.tables.items() if table.unique}
+    writes = {
+        c.row_key: c.values
+        for c in changes
+        if c.table in unique and c.command != DELETE and c.values
+    }
     deletes = {c.row_key for c in changes if c.command == DELETE}
     moving, clashes = find_moves(connection, models, writes, deletes)
     if clashes:

@@ -130,8 +130,9 @@ def apply_changes(
 def write_rows(connection: Connection, models: ModelSet, writes: RowWrites) -> None:
     """Reach the row states of ``writes``: inserts parents first, then updates, then
     deletes children first; moving rows (and what references them) go out first."""
-    inserts, updates, deletes = dict(writes.inserts), dict(writes.updates), set(writes.deletes)
+    inserts, updates, deletes = writes.inserts, writes.updates, writes.deletes
     if writes.moving:
+        inserts, updates, deletes = dict(inserts), dict(updates), set(deletes)
         lifted = _lift_out(connection, models, writes.moving)
         for key in writes.moving | lifted.keys():
             final = inserts.pop(key, None) or updates.pop(key, None)
