@@ -19,6 +19,7 @@ node's connection.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import queue
 import random
@@ -76,6 +77,16 @@ class SyncStatus:
 
 
 StatusListener = Callable[[SyncStatus], None]
+
+
+class Announced(enum.Enum):
+    """What a node made of a version an event announced, when it did not merge it."""
+
+    HAD = "had"
+    """The node has that version already (or pushed it)."""
+    NEEDS_PULL = "needs-pull"
+    """Only a pull can bring it: the event carried no changes, versions are missing
+    before it, or the merge needs what the event lacks."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +252,7 @@ class Agent:
             self._on_event,
         )
         self._server_key = signing.load_public_key(identity.server_key)
+        self._node_id = identity.node_id
         try:
             self._client._broker.subscribe(subscription)
         except (BrokerUnavailable, SyncTimeout) as exc:
@@ -284,8 +296,10 @@ class Agent:
                 events.append(messages.decode_event(signed))
             except ProtocolError as exc:
                 logger.warning("ignoring an event that is not the server's: %s", exc)
-        for event in sorted(events, key=lambda e: e.version):
-            if event.version > self._client.version and not self._merge_announced(event):
+        # This node's own pushes are settled by their replies.
+        theirs = (event for event in events if event.node_id != self._node_id)
+        for event in sorted(theirs, key=lambda e: e.version):
+            if not self._merge_announced(event):
                 self._pull_at = time.monotonic()
                 return
 
@@ -296,7 +310,9 @@ class Agent:
         except SyncError as exc:  # the pull that follows reports it, if it persists
             logger.debug("the changes of version %d wait for a pull: %s", event.version, exc)
             return False
-        if result is None:
+        if result is Announced.HAD:
+            return True
+        if result is Announced.NEEDS_PULL:
             return False
         self._publish(
             replace(

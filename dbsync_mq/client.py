@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dbsync_mq import channel
-from dbsync_mq.agent import Agent, AgentSettings, StatusListener, SyncStatus
+from dbsync_mq.agent import Agent, AgentSettings, Announced, StatusListener, SyncStatus
 from dbsync_mq.channel import NodeChannel
 from dbsync_mq.config import (
     DEFAULT_BROKER_URL,
@@ -47,7 +47,7 @@ from dbsync_mq.core.changeset import (
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Policy, check_policy
 from dbsync_mq.core.messages import Reply
-from dbsync_mq.core.model import DELETE, Change
+from dbsync_mq.core.model import DELETE, Change, Operation
 from dbsync_mq.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -78,7 +78,7 @@ from dbsync_mq.runtime import collector_paused
 from dbsync_mq.storage import local, schema, tracking
 from dbsync_mq.storage.apply import batches, delete_all, insert_values
 from dbsync_mq.storage.engine import database_errors, prepare, read_transaction, write_transaction
-from dbsync_mq.storage.merging import Pulled, merge_pulled
+from dbsync_mq.storage.merging import Merged, Pulled, merge_pulled
 from dbsync_mq.storage.models import ModelSet, tracked_model
 from dbsync_mq.transport.node import BrokerClient
 from dbsync_mq.transport.topology import DEFAULT_NAMESPACE, NODE_QUEUE_EXPIRY_MS, Topology
@@ -275,9 +275,14 @@ class SyncClient:
         """
         with self._turn():
             messages.check_extra_data(extra_data)
-            settled = self._settle_inflight()
+            settled = None
+            prepared = self._prepare_push(self._require_identity(), extra_data)
+            if isinstance(prepared, local.InFlight):  # left in flight by an earlier call
+                settled = self._settle_left(prepared)
+                prepared = self._prepare_push(self._require_identity(), extra_data)
             identity = self._require_identity()
-            prepared = self._prepare_push(identity, extra_data)
+            if isinstance(prepared, local.InFlight):
+                raise MergeError("another process is pushing from this database")
             if prepared is None:
                 return settled or PushResult(identity.version, 0)
             push, count = prepared
@@ -308,22 +313,37 @@ class SyncClient:
                     pulled.own.update(str(e[1]) for e in reply.body["versions"] if len(e) == 2)
             return self._merge(identity, pulled)
 
-    def _merge_announced(self, event: messages.Event) -> PullResult | None:
+    def _merge_announced(self, event: messages.Event) -> PullResult | Announced:
         """Merge the changes an event carries when they are this node's next version and
         the merge needs nothing the event lacks (the parents of unpushed deletes, the
-        settling of a push in flight); ``None`` when a pull is needed instead."""
-        if event.changes is None:
-            return None
-        with self._turn():
-            identity = self._require_identity()
-            if event.node_id == identity.node_id or event.version != identity.version + 1:
-                return None
-            with read_transaction(self.engine) as connection:
-                if local.load_inflight(connection) is not None or any(
-                    c.command == DELETE for c in compress_local(local.unpushed(connection))
-                ):
-                    return None
-            return self._merge(identity, Pulled(event.version, [event.changes]))
+        settling of a push in flight); ``Announced.NEEDS_PULL`` when only a pull can bring
+        them, ``Announced.HAD`` when this node has that version already.
+
+        One write transaction decides and merges: the event is on the way from a commit
+        on another node to this one's database, and every transaction costs that time.
+        """
+        with (
+            self._turn(reload_identity=False),
+            write_transaction(self.engine) as connection,
+            collector_paused(),
+        ):
+            identity = local.load_identity(connection)
+            if identity is None or event.node_id == identity.node_id:
+                return Announced.HAD
+            if event.version <= identity.version:
+                return Announced.HAD
+            if (
+                event.changes is None
+                or event.version != identity.version + 1
+                or local.load_inflight(connection) is not None
+            ):
+                return Announced.NEEDS_PULL
+            operations = local.unpushed(connection)
+            if any(c.command == DELETE for c in compress_local(operations)):
+                return Announced.NEEDS_PULL
+            pulled = Pulled(event.version, [event.changes])
+            merged = self._merge_in(connection, pulled, operations)
+        return self._merged(event.version, merged)
 
     # --- other requests -------------------------------------------------------------
 
@@ -546,9 +566,15 @@ class SyncClient:
 
     def _prepare_push(
         self, identity: local.Identity, extra_data: Mapping[str, Any] | None
-    ) -> tuple[local.InFlight, int] | None:
+    ) -> tuple[local.InFlight, int] | local.InFlight | None:
+        """The push of the unpushed changes, recorded as in flight, and how many changes
+        it holds; ``None`` with nothing to push; the push found in flight, if any (to
+        settle first: the one read that looks for it also reads what to push)."""
         node = self._channel()
         with read_transaction(self.engine) as connection, collector_paused():
+            left = local.load_inflight(connection)
+            if left is not None:
+                return left
             operations = local.unpushed(connection)
             held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
             if held:
@@ -590,8 +616,9 @@ class SyncClient:
         """Finish a push left in flight (by a crash or a timeout) before anything else."""
         with read_transaction(self.engine) as connection:
             push = local.load_inflight(connection)
-        if push is None:
-            return None
+        return None if push is None else self._settle_left(push)
+
+    def _settle_left(self, push: local.InFlight) -> PushResult | None:
         logger.info("sending push %s again: it was left in flight", push.request_id)
         try:
             return self._settle(push, len(push.operation_ids))
@@ -626,21 +653,37 @@ class SyncClient:
             if current is None or current.version != identity.version:
                 self._identity = None  # another process moved it: start from its version
                 raise MergeError("the local database moved during the pull; pull again")
-            _drop_own_push(connection, pulled.own)
-            try:
-                merged = merge_pulled(
-                    connection,
-                    self.models,
-                    pulled,
-                    self.conflict_policy,
-                    lambda: self._log.hlc.tick(self._now_ms()),
-                )
-            except UniqueConstraintError as exc:
-                raise UniqueConstraintError(
-                    [(self.models.get(str(t)).cls, key, cols) for t, key, cols in exc.entries]
-                ) from None
-            self._log.hlc.observe(merged.max_hlc)
-            local.set_position(connection, pulled.version, merged.max_hlc)
+            merged = self._merge_in(connection, pulled)
+        return self._merged(pulled.version, merged)
+
+    def _merge_in(
+        self,
+        connection: Connection,
+        pulled: Pulled,
+        operations: Sequence[Operation] | None = None,
+    ) -> Merged:
+        """Merge ``pulled`` and move the node to its version, in the caller's transaction
+        (``operations``: the unpushed log, when the caller has just read it)."""
+        _drop_own_push(connection, pulled.own)
+        try:
+            merged = merge_pulled(
+                connection,
+                self.models,
+                pulled,
+                self.conflict_policy,
+                lambda: self._log.hlc.tick(self._now_ms()),
+                operations,
+            )
+        except UniqueConstraintError as exc:
+            raise UniqueConstraintError(
+                [(self.models.get(str(t)).cls, key, cols) for t, key, cols in exc.entries]
+            ) from None
+        self._log.hlc.observe(merged.max_hlc)
+        local.set_position(connection, pulled.version, merged.max_hlc)
+        return merged
+
+    def _merged(self, version: int, merged: Merged) -> PullResult:
+        """After a merge committed: log its conflicts, run the callbacks."""
         self._identity = None
         for conflict in merged.conflicts:
             logger.info(
@@ -651,13 +694,16 @@ class SyncClient:
                 conflict.winner,
             )
         failures = run_callbacks(self.models, merged.applied)
-        return PullResult(pulled.version, merged.changes, merged.conflicts, failures)
+        return PullResult(version, merged.changes, merged.conflicts, failures)
 
     @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """This node's turn to talk to the server (see ``dbsync_mq.locking``)."""
+    def _turn(self, *, reload_identity: bool = True) -> Iterator[None]:
+        """This node's turn to talk to the server (see ``dbsync_mq.locking``).
+
+        ``reload_identity=False``: the caller reads the identity in its own transaction.
+        """
         with self._lock.held(self.timeout) as outermost:
-            if outermost:
+            if outermost and reload_identity:
                 self._identity = None  # another process may have moved the node since
                 self._load_identity()  # and the sync tables must be there
             yield
@@ -702,6 +748,8 @@ class SyncClient:
 
 def _drop_own_push(connection: Connection, own_request_ids: set[str]) -> None:
     """A pull that contains this node's in-flight push settles it as accepted."""
+    if not own_request_ids:
+        return
     push = local.load_inflight(connection)
     if push is not None and push.request_id in own_request_ids:
         local.remove_operations(connection, push.operation_ids)

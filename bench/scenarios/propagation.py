@@ -2,14 +2,17 @@
 
 Ours: both nodes run their background agents (``debounce=0``), the worker runs
 as a process of its own on PostgreSQL; A commits a row, its agent pushes, the
-worker commits a version and announces it, B's agent pulls and merges. The
-clock stops when B's agent reports the version that holds the row.
+worker commits a version and announces it, B's agent merges the changes the
+event carries. The clock stops when B's agent reports the version that holds
+the row: it reports once the merge committed, and the row is then looked up in
+B's database before the time counts.
 
 The baseline is the bare two-hop path with the same guarantees: A commits a
 row to its SQLite file and publishes it (persistent, confirmed, to a durable
 quorum queue); a responder commits it to PostgreSQL and publishes it
 (persistent, confirmed) to a fanout exchange; B consumes it from its queue and
-commits it to its SQLite file. No signature, no log, no version, no merge.
+commits it to its SQLite file; its clock stops when that commit returns. No
+signature, no log, no version, no merge.
 """
 
 from __future__ import annotations
@@ -35,22 +38,26 @@ _WAIT_SECONDS = 30.0
 
 
 class Arrivals:
-    """Node B's agent reports each version it merged; a waiter learns when a row is in."""
+    """Node B's agent reports each version it merged, once the merge committed; a waiter
+    learns when a row is in, and when the report that it was in came."""
 
     def __init__(self, client: SyncClient) -> None:
         self._client = client
         self._arrived = threading.Condition()
-        self._version = 0
+        self._reported_at = 0.0
 
     def __call__(self, status: SyncStatus) -> None:
+        reported_at = time.perf_counter()
         with self._arrived:
-            self._version = status.version
+            self._reported_at = reported_at
             self._arrived.notify_all()
 
-    def wait_for(self, key: int) -> None:
+    def wait_for(self, key: int) -> float:
+        """When the report came after which the row is in B's database."""
         with self._arrived:
             if not self._arrived.wait_for(lambda: self._has(key), _WAIT_SECONDS):
                 raise TimeoutError(f"row {key} never reached node B")
+            return self._reported_at
 
     def _has(self, key: int) -> bool:
         with self._client.engine.connect() as connection:
@@ -78,8 +85,7 @@ class Ours:
         with Session(self.a.engine) as session:
             session.add(Item(**item_row(key)))
             session.commit()
-        self.arrivals.wait_for(key)
-        return time.perf_counter() - started
+        return self.arrivals.wait_for(key) - started
 
     def close(self) -> None:
         for client in (self.a, self.b):
@@ -130,7 +136,7 @@ class Receiver:
         channel = self._connection.channel()
         channel.basic_consume(queue, self._receive)
         self._arrived = threading.Condition()
-        self._seen: set[str] = set()
+        self._seen: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-receiver", daemon=True)
         self._thread.start()
@@ -143,15 +149,18 @@ class Receiver:
     def _receive(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         with self._engine.begin() as connection:
             connection.execute(plain_rows.insert().values(payload=body[:64]))
+        committed_at = time.perf_counter()
         channel.basic_ack(method.delivery_tag)
         with self._arrived:
-            self._seen.add(properties.correlation_id)
+            self._seen[properties.correlation_id] = committed_at
             self._arrived.notify_all()
 
-    def wait_for(self, correlation: str) -> None:
+    def wait_for(self, correlation: str) -> float:
+        """When B had committed the message's row."""
         with self._arrived:
             if not self._arrived.wait_for(lambda: correlation in self._seen, _WAIT_SECONDS):
                 raise TimeoutError("the bare message never reached node B")
+            return self._seen.pop(correlation)
 
     def close(self) -> None:
         self._stop.set()
@@ -200,8 +209,7 @@ class Bare:
             ),
             mandatory=True,
         )
-        self.receiver.wait_for(correlation)
-        return time.perf_counter() - started
+        return self.receiver.wait_for(correlation) - started
 
     def close(self) -> None:
         self.receiver.close()

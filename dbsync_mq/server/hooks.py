@@ -92,6 +92,10 @@ class Hooks:
         self._listeners[event].append(listener)
         return listener
 
+    def listened(self, event: str) -> bool:
+        """Whether ``event`` has a listener."""
+        return bool(self._listeners[event])
+
     def run(self, event: str, context: Any) -> None:
         """Call the listeners of ``event``; a raising listener refuses the request."""
         for listener in self._listeners[event]:

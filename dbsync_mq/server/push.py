@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -223,13 +223,18 @@ def apply_push(job: PushJob, make_reply: Callable[[int, int], bytes]) -> Accepte
                 raise RequestRefused(PULL_REQUIRED, exc.reason) from None
             raise
         version = head + 1
-        _write_version(job, version)
-        job.hooks.run("after_push", replace(context, version=version))
-        session.flush()
-    reply = make_reply(version, base)
-    state.store_request(
-        connection, request.request_id, request.node_id, request.kind, job.digest, reply
-    )
+        reply = make_reply(version, base)
+        answer = state.request_row(
+            request.request_id, request.node_id, request.kind, job.digest, reply
+        )
+        if job.hooks.listened("after_push"):  # it sees the version written
+            state.write_version(connection, _version_row(job, version))
+            job.hooks.run("after_push", replace(context, version=version))
+            session.flush()
+            connection.execute(schema.requests.insert().values(answer))
+        else:
+            session.flush()
+            state.write_version(connection, _version_row(job, version), answer)
     return Accepted(version=version, reply=reply)
 
 
@@ -276,19 +281,16 @@ def _apply_changes(job: PushJob) -> None:
         raise RequestRefused("invalid-value", _describe(getattr(exc, "orig", exc))) from None
 
 
-def _write_version(job: PushJob, version: int) -> None:
+def _version_row(job: PushJob, version: int) -> dict[str, Any]:
     request = job.request
-    job.connection.execute(
-        schema.versions.insert().values(
-            id=version,
-            node_id=request.node_id,
-            request_id=request.request_id,
-            created_at=utcnow(),
-            operation_count=len(job.changes),
-            changes=request.body["changes"],
-        )
-    )
-    state.advance_head(job.connection, version)
+    return {
+        "id": version,
+        "node_id": request.node_id,
+        "request_id": request.request_id,
+        "created_at": utcnow(),
+        "operation_count": len(job.changes),
+        "changes": request.body["changes"],
+    }
 
 
 def _describe(error: BaseException | None) -> str:

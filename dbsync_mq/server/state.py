@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -126,10 +127,6 @@ def read_trimmed(connection: Connection) -> int:
     return int(connection.execute(sa.select(schema.head.c.trimmed_through)).scalar() or 0)
 
 
-def advance_head(connection: Connection, version: int) -> None:
-    connection.execute(schema.head.update().where(schema.head.c.id == 1).values(version=version))
-
-
 @dataclass(frozen=True)
 class NodeRecord:
     node_id: int
@@ -204,15 +201,62 @@ def store_request(
     reply: bytes,
 ) -> None:
     connection.execute(
-        schema.requests.insert().values(
-            request_id=request_id,
-            node_id=node_id,
-            kind=kind,
-            digest=digest,
-            reply=reply,
-            created_at=utcnow(),
-        )
+        schema.requests.insert().values(request_row(request_id, node_id, kind, digest, reply))
     )
+
+
+def request_row(
+    request_id: str, node_id: int | None, kind: str, digest: bytes, reply: bytes
+) -> dict[str, Any]:
+    """A row of ``sync_requests``: the reply stored under a request id."""
+    return {
+        "request_id": request_id,
+        "node_id": node_id,
+        "kind": kind,
+        "digest": digest,
+        "reply": reply,
+        "created_at": utcnow(),
+    }
+
+
+def write_version(
+    connection: Connection,
+    version: Mapping[str, Any],
+    request: Mapping[str, Any] | None = None,
+) -> None:
+    """Insert a row of ``sync_versions``, move the head to it and, given ``request``
+    (a ``request_row``), store the reply of the request that made it.
+
+    One statement on PostgreSQL (data-modifying common table expressions), built
+    once: a push waits for each round trip to the database while it holds the head
+    lock, and building a statement costs about as much as running it.
+    """
+    params = {f"v_{name}": value for name, value in version.items()}
+    if request is not None:
+        params.update({f"r_{name}": value for name, value in request.items()})
+    if connection.dialect.name == "postgresql":
+        statement = _VERSION_AND_REQUEST if request is not None else _VERSION_ONLY
+        connection.execute(statement, params)
+        return
+    connection.execute(_INSERT_VERSION, params)
+    connection.execute(_ADVANCE_HEAD, params)
+    if request is not None:
+        connection.execute(_STORE_REQUEST, params)
+
+
+def _bound_insert(table: sa.Table, prefix: str) -> sa.Insert:
+    return table.insert().values({c.name: sa.bindparam(f"{prefix}{c.name}") for c in table.c})
+
+
+_INSERT_VERSION: Final = _bound_insert(schema.versions, "v_")
+_ADVANCE_HEAD: Final = (
+    schema.head.update().where(schema.head.c.id == 1).values(version=sa.bindparam("v_id"))
+)
+_STORE_REQUEST: Final = _bound_insert(schema.requests, "r_")
+_VERSION_ONLY: Final = _ADVANCE_HEAD.add_cte(_INSERT_VERSION.cte("new_version"))
+_VERSION_AND_REQUEST: Final = _STORE_REQUEST.add_cte(
+    _INSERT_VERSION.cte("new_version"), _ADVANCE_HEAD.cte("new_head")
+)
 
 
 def issue_enrollment(

@@ -22,7 +22,7 @@ from dbsync_mq.core.hlc import HybridClock
 from dbsync_mq.core.model import DELETE, INSERT, UPDATE, Change, Command, RowKey, Write
 from dbsync_mq.extensions import load_data
 from dbsync_mq.server import state
-from dbsync_mq.storage import schema, tracking
+from dbsync_mq.storage import tracking
 from dbsync_mq.storage.apply import read_row_keys
 from dbsync_mq.storage.engine import prepare
 from dbsync_mq.storage.models import ModelSet, TrackedModel
@@ -63,17 +63,17 @@ class VersionWriter:
         if not changes:
             return
         version = state.lock_head(connection) + 1
-        connection.execute(
-            schema.versions.insert().values(
-                id=version,
-                node_id=None,
-                request_id=None,
-                created_at=utcnow(),
-                operation_count=len(changes),
-                changes=encode_changes(changes),
-            )
+        state.write_version(
+            connection,
+            {
+                "id": version,
+                "node_id": None,
+                "request_id": None,
+                "created_at": utcnow(),
+                "operation_count": len(changes),
+                "changes": encode_changes(changes),
+            },
         )
-        state.advance_head(connection, version)
 
     def _changes(self, connection: Connection, writes: Sequence[Write]) -> list[Change]:
         """One change per row, from the row as it is now: what the transaction left."""

@@ -77,7 +77,9 @@ def existing_keys(connection: Connection, model: TrackedModel, keys: Iterable[Ke
     columns = [model.table.c[name] for name in model.key_columns]
     keys = list(keys)
     found: set[Key] = set()
-    if not keys or connection.execute(sa.select(columns[0]).limit(1)).first() is None:
+    if not keys:
+        return found
+    if len(keys) > KEY_BATCH and connection.execute(sa.select(columns[0]).limit(1)).first() is None:
         return found  # an empty table, as a new node's: no key to look for
     lookup = key_lookup(connection.dialect, model.table, model.key_columns)
     for chunk in batches(keys):
@@ -261,14 +263,28 @@ def _advance_sequence(connection: Connection, model: TrackedModel, rows: Sequenc
     keys = [row[column] for row in rows if isinstance(row.get(column), int)]
     if not keys:
         return
-    # One round trip: find the sequence (if any) and move it past the keys.
-    found = sa.select(
-        sa.func.pg_get_serial_sequence(model.table.fullname, column).label("name")
-    ).subquery()
-    highest = sa.func.greatest(max(keys), sa.func.nextval(found.c.name))
-    connection.execute(
-        sa.select(sa.func.setval(found.c.name, highest)).where(found.c.name.is_not(None))
-    )
+    sequence = _key_sequence(connection, model.table, column)
+    if sequence is not None:
+        connection.exec_driver_sql(
+            "SELECT setval(%(sequence)s::regclass,"
+            " greatest(%(key)s, nextval(%(sequence)s::regclass)))",
+            {"sequence": sequence, "key": max(keys)},
+        )
+
+
+def _key_sequence(connection: Connection, table: sa.Table, column: str) -> str | None:
+    """The sequence that feeds ``column`` (``None``: none), looked up once per database
+    connection: every push that inserts rows would otherwise pay a round trip for it."""
+    known: dict[tuple[str, str], str | None] = connection.info.setdefault(_SEQUENCES, {})
+    entry = (table.fullname, column)
+    if entry not in known:
+        known[entry] = connection.execute(
+            sa.select(sa.func.pg_get_serial_sequence(table.fullname, column))
+        ).scalar()
+    return known[entry]
+
+
+_SEQUENCES: Final = "dbsync_mq.key_sequences"
 
 
 def _parents_first(model: TrackedModel, rows: Sequence[Row]) -> list[Row]:

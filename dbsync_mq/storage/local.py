@@ -234,8 +234,8 @@ def set_position(connection: Connection, version: int, hlc: int | None = None) -
     """Record the version merged (and the highest stamp seen)."""
     values: dict[str, Any] = {"version": version}
     if hlc is not None:
-        current = connection.execute(sa.select(schema.node.c.hlc)).scalar() or 0
-        values["hlc"] = max(current, hlc)
+        stored = schema.node.c.hlc
+        values["hlc"] = sa.case((stored > hlc, stored), else_=hlc)
     connection.execute(schema.node.update().values(**values))
 
 

@@ -202,9 +202,14 @@ def merge_pulled(
     pulled: Pulled,
     policy: Policy,
     stamp: Callable[[], int],
+    operations: Sequence[Operation] | None = None,
 ) -> Merged:
-    """Merge a pull into the local tables, inside the caller's write transaction."""
-    operations = unpushed(connection)
+    """Merge a pull into the local tables, inside the caller's write transaction.
+
+    ``operations``: the node's unpushed log, when the caller read it in this transaction.
+    """
+    if operations is None:
+        operations = unpushed(connection)
     local_changes = compress_local(operations)
     _forget_vanished(connection, operations, local_changes)
     merged = Merged()
