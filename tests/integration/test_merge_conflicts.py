@@ -32,6 +32,15 @@ pytestmark = pytest.mark.broker
 
 ORDERS = {"parent-first": False, "parent-last": True}
 
+KEY_REUSE = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known defect: an integer key the server gave up (its row deleted) can be taken "
+        "again by another node's new row, and a child added offline under the deleted "
+        "row then lands under the new one; see docs/reliability.md, Known gaps"
+    ),
+)
+
 
 def server_rows(server_url: str) -> dict[str, list[object]]:
     engine = sa.create_engine(server_url)
@@ -344,3 +353,80 @@ def test_a_row_deleted_after_a_pull_brought_it_under_a_key_the_node_once_used_is
     finally:
         engine.dispose()
     assert table_rows(a.engine)["city"] == table_rows(b.engine)["city"] == []
+
+
+@KEY_REUSE
+def test_a_child_of_a_deleted_row_never_lands_under_another_nodes_row_that_took_its_key(
+    make_node, worker, server_url
+):
+    # Given node B's purchase, pulled by node C, which adds a line to it offline
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    with Session(b.engine) as session:
+        session.add(Purchase(id=1, marker="b's"))
+        session.commit()
+    b.sync()
+    c.pull()
+    with Session(c.engine) as session:
+        session.add(PurchaseLine(purchase_id=1, marker="c's line"))
+        session.commit()
+
+    # And node B deleting its purchase, while node A, which never pulled, inserts one of
+    # its own offline under the same key
+    with Session(b.engine) as session:
+        session.delete(session.get(Purchase, 1))
+        session.commit()
+    b.sync()
+    with Session(a.engine) as session:
+        session.add(Purchase(id=1, marker="a's"))
+        session.commit()
+
+    # When node A syncs, then node C
+    a.sync()
+    c.sync()
+    sync_all(a, b, c)
+
+    # Then C's line is not under A's purchase, and A's purchase is on every node
+    rows = converged(server_url, a, b, c)
+    purchases = {row[0]: row[1] for row in rows["purchase"]}
+    assert "a's" in purchases.values()
+    lines_under = [purchases.get(row[1]) for row in rows["purchase_line"]]
+    assert "a's" not in lines_under, rows
+
+
+@KEY_REUSE
+def test_a_key_deleted_before_a_node_pulled_is_not_taken_again_by_its_next_insert(
+    make_node, worker, server_url
+):
+    # Given node B's purchase, pulled by node C, which adds a line to it offline
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    with Session(b.engine) as session:
+        session.add(Purchase(marker="b's"))
+        session.commit()
+    b.sync()
+    c.pull()
+    with Session(c.engine) as session:
+        (purchase_id,) = session.scalars(sa.select(Purchase.id)).all()
+        session.add(PurchaseLine(purchase_id=purchase_id, marker="c's line"))
+        session.commit()
+
+    # And node B deleting it, and node A pulling that before inserting a purchase
+    with Session(b.engine) as session:
+        session.delete(session.get(Purchase, purchase_id))
+        session.commit()
+    b.sync()
+    a.pull()
+    with Session(a.engine) as session:
+        session.add(Purchase(marker="a's"))
+        session.commit()
+
+    # When node A syncs, then node C
+    a.sync()
+    c.sync()
+    sync_all(a, b, c)
+
+    # Then C's line is not under A's purchase
+    rows = converged(server_url, a, b, c)
+    purchases = {row[0]: row[1] for row in rows["purchase"]}
+    assert "a's" in purchases.values()
+    lines_under = [purchases.get(row[1]) for row in rows["purchase_line"]]
+    assert "a's" not in lines_under, rows
