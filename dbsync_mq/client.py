@@ -230,7 +230,7 @@ class SyncClient:
         to push; with local changes waiting, ``RepairRequired`` is raised and they are
         kept (see ``repair``).
         """
-        with self._turn():
+        with self._turn(reload_identity=False):
             pulls: list[PullResult] = []
             for _attempt in range(max_attempts):
                 try:
@@ -273,13 +273,13 @@ class SyncClient:
         A push left in flight by an earlier call is settled first; the result counts
         the operations of both.
         """
-        with self._turn():
+        with self._turn(reload_identity=False):
             messages.check_extra_data(extra_data)
             settled = None
-            prepared = self._prepare_push(self._require_identity(), extra_data)
+            prepared = self._prepare_push(extra_data)
             if isinstance(prepared, local.InFlight):  # left in flight by an earlier call
                 settled = self._settle_left(prepared)
-                prepared = self._prepare_push(self._require_identity(), extra_data)
+                prepared = self._prepare_push(extra_data)
             identity = self._require_identity()
             if isinstance(prepared, local.InFlight):
                 raise MergeError("another process is pushing from this database")
@@ -565,26 +565,37 @@ class SyncClient:
     # --- push internals ---------------------------------------------------------------
 
     def _prepare_push(
-        self, identity: local.Identity, extra_data: Mapping[str, Any] | None
+        self, extra_data: Mapping[str, Any] | None
     ) -> tuple[local.InFlight, int] | local.InFlight | None:
         """The push of the unpushed changes, recorded as in flight, and how many changes
         it holds; ``None`` with nothing to push; the push found in flight, if any (to
-        settle first: the one read that looks for it also reads what to push)."""
-        node = self._channel()
-        with read_transaction(self.engine) as connection, collector_paused():
-            left = local.load_inflight(connection)
-            if left is not None:
-                return left
-            operations = local.unpushed(connection)
-            held = {(table, key) for table, key, _code, _reason in local.quarantined(connection)}
-            if held:
-                operations = [op for op in operations if op.row_key not in held]
-            if not operations:
-                return None
-            operation_ids = tuple(op.order for op in operations)
-            compressed = compress_local(operations)
-            del operations
-            parts, count = self._pack(connection, compressed, *node.part_room(extra_data))
+        settle first). One read finds the node's identity, a push in flight and what to
+        push: a push follows a local commit as closely as it can."""
+        try:
+            with read_transaction(self.engine) as connection, collector_paused():
+                if self._identity is None:
+                    self._identity = local.load_identity(connection)
+                identity = self._require_identity()
+                node = self._channel()
+                left = local.load_inflight(connection)
+                if left is not None:
+                    return left
+                operations = local.unpushed(connection)
+                held = {
+                    (table, key) for table, key, _code, _reason in local.quarantined(connection)
+                }
+                if held:
+                    operations = [op for op in operations if op.row_key not in held]
+                if not operations:
+                    return None
+                operation_ids = tuple(op.order for op in operations)
+                compressed = compress_local(operations)
+                del operations
+                parts, count = self._pack(connection, compressed, *node.part_room(extra_data))
+        except ConfigurationError:
+            if self._identity is None:
+                self._require_identity()  # names what is missing: install(), register()
+            raise
         request_id, bodies = node.seal_push(identity.version, parts, extra_data)
         push = local.InFlight(request_id, identity.version, bodies, operation_ids)
         with write_transaction(self.engine) as connection:
@@ -700,12 +711,14 @@ class SyncClient:
     def _turn(self, *, reload_identity: bool = True) -> Iterator[None]:
         """This node's turn to talk to the server (see ``dbsync_mq.locking``).
 
-        ``reload_identity=False``: the caller reads the identity in its own transaction.
+        The identity is read again (another process may have moved the node since):
+        here, or with ``reload_identity=False`` by the first read that needs it.
         """
         with self._lock.held(self.timeout) as outermost:
-            if outermost and reload_identity:
-                self._identity = None  # another process may have moved the node since
-                self._load_identity()  # and the sync tables must be there
+            if outermost:
+                self._identity = None
+                if reload_identity:
+                    self._load_identity()  # and the sync tables must be there
             yield
 
     # --- identity -----------------------------------------------------------------------

@@ -358,7 +358,9 @@ class _Owner:
         return inbox
 
     def close_inbox(self, channel: BlockingChannel, correlation_id: str) -> None:
-        """Forget a finished request; stop consuming its queue if nobody else waits."""
+        """Forget a finished request. Its queue stays consumed for the next request (one
+        round trip to the broker less before each publish), until a reply comes that no
+        request here waits for (``_on_reply``)."""
         inbox = self._inboxes.pop(correlation_id, None)
         if inbox is None:
             return
@@ -372,11 +374,6 @@ class _Owner:
                 break
             if isinstance(item, _Reply):
                 self.acknowledge(channel, item)
-        if any(other.queue_name == inbox.queue_name for other in self._inboxes.values()):
-            return
-        tag = self._consumers.pop(inbox.queue_name, None)
-        if tag is not None:
-            channel.basic_cancel(tag)
 
     def release(self, reply: _Reply) -> None:
         """Acknowledge a reply its caller took (any thread; done on the owner's)."""
@@ -403,11 +400,30 @@ class _Owner:
         )
         inbox = self._inboxes.get(properties.correlation_id or "")
         if inbox is None:
+            queue_name = self._queue_of(method.consumer_tag)
+            if reply.tag is not None and not self._waits_on(queue_name):
+                # Consumed between requests: the reply may be another process's (two
+                # processes syncing one node database share its queue). Give it back and
+                # let the queue go, so that the broker hands it to whoever waits.
+                channel.basic_reject(reply.tag, requeue=True)
+                self._stop_consuming(channel, queue_name)
+                return
             logger.debug("dropping a reply to %s: no call waits for it", properties.correlation_id)
             self.acknowledge(channel, reply)
             return
         inbox.received += 1
         inbox.items.put(reply)
+
+    def _queue_of(self, consumer_tag: str) -> str | None:
+        return next((name for name, tag in self._consumers.items() if tag == consumer_tag), None)
+
+    def _waits_on(self, queue_name: str | None) -> bool:
+        return any(inbox.queue_name == queue_name for inbox in self._inboxes.values())
+
+    def _stop_consuming(self, channel: BlockingChannel, queue_name: str | None) -> None:
+        tag = self._consumers.pop(queue_name, None) if queue_name is not None else None
+        if tag is not None:
+            channel.basic_cancel(tag)
 
     def _on_broker_cancel(self, frame: Any) -> None:
         tag = frame.method.consumer_tag
