@@ -80,9 +80,9 @@ class EncodeBench:
     def ours(self) -> None:
         """Prepare the push with the client's own code, then publish it (confirmed)."""
         # No public hook runs the prepare step alone: call the client's own method.
-        prepared = self.client._prepare_push(self.identity, None)
-        if prepared is None:
-            raise RuntimeError("nothing to push")
+        prepared = self.client._prepare_push(None)
+        if not isinstance(prepared, tuple):
+            raise RuntimeError(f"nothing new to push: {prepared!r}")
         self.body = prepared[0].bodies[0]
         self.publish()
 
