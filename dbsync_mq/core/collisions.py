@@ -19,10 +19,11 @@ which the merge settles like any direct conflict.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Reference, Row, RowKey, Schema
+from dbsync_mq.core.model import INSERT, Change, Key, Reference, Row, RowKey, Schema
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,14 @@ def move_collisions(
     remote: Mapping[RowKey, Change],
     rows: Mapping[RowKey, Row],
     next_keys: Mapping[str, int],
+    restored: AbstractSet[RowKey] = frozenset(),
 ) -> Moves:
-    """Move the local inserts whose keys the remote side inserted too, and what follows."""
-    moves = _colliding(schema, local, remote, next_keys)
+    """Move the local inserts whose keys the remote side used too, and what follows.
+
+    ``restored``: local inserts that put back a row the server deleted; the same row,
+    they never move.
+    """
+    moves = _colliding(schema, local, remote, next_keys, restored)
     if not moves:
         return Moves(local=dict(local), rows=dict(rows))
     _follow_in_keys(schema, local, rows, moves)
@@ -94,12 +100,15 @@ def _colliding(
     local: Mapping[RowKey, Change],
     remote: Mapping[RowKey, Change],
     next_keys: Mapping[str, int],
+    restored: AbstractSet[RowKey],
 ) -> dict[RowKey, Key]:
     moves: dict[RowKey, Key] = {}
     fresh: dict[str, int] = {}
     for row_key, change in local.items():
-        other = remote.get(row_key)
-        if change.command != INSERT or other is None or other.command == DELETE:
+        # A new local row is a row the server never saw: whatever the server did under
+        # its key (an insert, or a delete of a row inserted since this node's version),
+        # that was another row, which children elsewhere may still reference.
+        if change.command != INSERT or row_key not in remote or row_key in restored:
             continue
         table = row_key[0]
         if not movable(schema, table):

@@ -83,9 +83,9 @@ class _RemoteRow:
 
     def compressed(self, table: str, key: Any) -> Change | None:
         """The one change that stands for every write of the row; ``None`` for a row
-        inserted and deleted in the range, or last written by the pulling node."""
+        last written by the pulling node."""
         command = _remote_command(self.first, self.last)
-        if command is None or self.last_own:
+        if self.last_own:
             return None
         clocks = self.changed_columns() if command == UPDATE else self.clocks
         values = None if command == DELETE else self.values
@@ -204,12 +204,13 @@ def compress_pull(changes: Iterable[tuple[Change, bool]]) -> list[Change]:
     return result
 
 
-def _remote_command(first: Command, last: Command) -> Command | None:
-    if first == INSERT:
-        return None if last == DELETE else INSERT
+def _remote_command(first: Command, last: Command) -> Command:
+    # A row inserted and deleted in the range still arrives, as a delete: its key was
+    # taken. A node's new row under that key moves to a fresh key, as for any insert
+    # collision, and merging the delete moves the node's key sequence past it.
     if last == DELETE:
         return DELETE
-    return UPDATE
+    return INSERT if first == INSERT else UPDATE
 
 
 def last_occurrences(changes: Iterable[Change]) -> dict[RowKey, int]:

@@ -50,6 +50,7 @@ from dbsync_mq.core.collisions import Rekey, move_collisions
 from dbsync_mq.core.model import (
     DELETE,
     INSERT,
+    RESTORE,
     UPDATE,
     Change,
     Command,
@@ -136,6 +137,8 @@ class MergeInput:
         default_factory=dict
     )
     next_keys: Mapping[str, int] = field(default_factory=dict)
+    restored: AbstractSet[RowKey] = frozenset()
+    """Local inserts that put back a row the server deleted (``RESTORE``): never moved."""
 
 
 @dataclass
@@ -191,7 +194,12 @@ class _Planner:
 
     def _move_collisions(self) -> None:
         moves = move_collisions(
-            self.schema, self.local, self.remote, self.rows, self.data.next_keys
+            self.schema,
+            self.local,
+            self.remote,
+            self.rows,
+            self.data.next_keys,
+            self.data.restored,
         )
         for rekey in moves.rekeys:
             old, new = (rekey.table, rekey.old), (rekey.table, rekey.new)
@@ -316,7 +324,7 @@ class _Planner:
             self.plan.updates[key] = final
         self.rows[key] = final
         if remote_row is None:
-            self.plan.log_add.append(LogEntry(table, row_key, INSERT))
+            self.plan.log_add.append(LogEntry(table, row_key, INSERT, RESTORE))
             return
         differing = frozenset(c for c in final if final[c] != remote_row.get(c))
         for column in sorted(differing):
@@ -394,7 +402,7 @@ class _Integrity:
         if parent in plan.deletes:
             plan.deletes.discard(parent)
             plan.log_drop.add(parent)
-            plan.log_add.append(LogEntry(parent[0], parent[1], INSERT))
+            plan.log_add.append(LogEntry(parent[0], parent[1], INSERT, RESTORE))
             plan.conflicts.append(Conflict("dependency", parent[0], parent[1], "local"))
             row = self.p.rows.get(parent)
             return (parent, row) if row is not None else None

@@ -17,6 +17,10 @@ UPDATE: Final = "u"
 DELETE: Final = "d"
 Command = Literal["i", "u", "d"]
 COMMANDS: Final = frozenset((INSERT, UPDATE, DELETE))
+RESTORE: Final = frozenset({""})
+"""The columns logged with an insert that puts back a row the server deleted (the merge
+keeps it for an unpushed child, or a conflict settled on the local row): the same row
+under its old key, never a new row that collides with one (no column is named "")."""
 
 Key = Hashable
 """A primary key value: a scalar, or a tuple for composite keys."""

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Row, RowKey
 from dbsync_mq.storage.driver import key_lookup, writer_for
+from dbsync_mq.storage.engine import is_sqlite
 from dbsync_mq.storage.models import ModelSet, TrackedModel
 from dbsync_mq.storage.values import stored_row, wire_converters, wire_row
 
@@ -252,6 +253,30 @@ def insert_values(
         if connection.dialect.name == "postgresql" and key in names:
             at = names.index(key)
             _advance_sequence(connection, model, [{key: row[at]} for row in group])
+
+
+def reserve_keys(connection: Connection, model: TrackedModel, keys: Sequence[Key]) -> None:
+    """Move the table's key allocator past ``keys``, keys of rows deleted elsewhere: an
+    insert here must not take one again, since a row elsewhere may still reference it.
+
+    PostgreSQL: the key's sequence. SQLite: ``sqlite_sequence``, for a table created
+    with ``AUTOINCREMENT`` (without it, SQLite reuses the highest key once deleted).
+    """
+    top = max((key for key in keys if type(key) is int), default=None)
+    if len(model.key_columns) != 1 or top is None:
+        return
+    if connection.dialect.name == "postgresql":
+        _advance_sequence(connection, model, [{model.key_columns[0]: top}])
+    elif is_sqlite(connection) and model.table.kwargs.get("sqlite_autoincrement"):
+        name = model.table.name
+        connection.exec_driver_sql(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT ?, 0 "
+            "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
+            (name, name),
+        )
+        connection.exec_driver_sql(
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?", (top, name, top)
+        )
 
 
 def _advance_sequence(connection: Connection, model: TrackedModel, rows: Sequence[Row]) -> None:

@@ -9,6 +9,7 @@ its own, so memory holds one decoded chunk at a time whatever the pull's size.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from dbsync_mq.core.changeset import decode_signed, signed_sections
 from dbsync_mq.core.collisions import Rekey
 from dbsync_mq.core.compression import compress_local
 from dbsync_mq.core.merge import Conflict, MergeInput, MergePlan, Policy, plan_merge
-from dbsync_mq.core.model import DELETE, INSERT, Change, Key, Operation, Row, RowKey
+from dbsync_mq.core.model import DELETE, INSERT, RESTORE, Change, Key, Operation, Row, RowKey
 from dbsync_mq.errors import UniqueConstraintError
 from dbsync_mq.storage import schema
 from dbsync_mq.storage.apply import (
@@ -30,6 +31,7 @@ from dbsync_mq.storage.apply import (
     group_keys,
     insert_values,
     read_row_keys,
+    reserve_keys,
     write_rows,
 )
 from dbsync_mq.storage.engine import is_sqlite
@@ -44,6 +46,7 @@ def load_merge_input(
     local: Sequence[Change],
     remote: Sequence[Change],
     server_rows: Mapping[RowKey, Row],
+    restored: AbstractSet[RowKey] = frozenset(),
 ) -> MergeInput:
     """Read the local rows, key holders and free keys the merge rules look at."""
     local_keys = {c.row_key for c in local}
@@ -62,6 +65,7 @@ def load_merge_input(
         server_rows=server_rows,
         unique_holders=_unique_holders(connection, models, remote),
         next_keys=_next_keys(connection, models, local, remote),
+        restored=restored,
     )
 
 
@@ -215,8 +219,19 @@ def merge_pulled(
     merged = Merged()
     if local_changes:
         changes = [change for chunk in pulled.chunks for change in decode_signed(chunk)]
+        restored = {
+            op.row_key for op in operations if op.command == INSERT and op.columns == RESTORE
+        }
         _merge_batch(
-            connection, models, local_changes, changes, pulled.parents, policy, stamp, merged
+            connection,
+            models,
+            local_changes,
+            changes,
+            pulled.parents,
+            policy,
+            stamp,
+            merged,
+            restored,
         )
         return merged
     deferred: list[Change] = []
@@ -271,6 +286,11 @@ def _only_new_rows(connection: Connection, models: ModelSet, table: str, rows: l
     return not existing_keys(connection, model, keys)
 
 
+def _restored(operations: Sequence[Operation]) -> set[RowKey]:
+    """Rows the log puts back (``RESTORE``), not new rows."""
+    return {op.row_key for op in operations if op.command == INSERT and op.columns == RESTORE}
+
+
 def _forget_vanished(
     connection: Connection, operations: Sequence[Operation], local_changes: Sequence[Change]
 ) -> None:
@@ -295,10 +315,15 @@ def _merge_batch(
     policy: Policy,
     stamp: Callable[[], int],
     merged: Merged,
+    restored: AbstractSet[RowKey] = frozenset(),
 ) -> None:
-    data = load_merge_input(connection, models, local_changes, changes, parents)
+    data = load_merge_input(connection, models, local_changes, changes, parents, restored)
     plan = plan_merge(models.schema, data, policy)
     apply_plan(connection, models, plan, stamp)
+    # A key the server gave up stays taken here too: a new row must not reuse it.
+    deleted = group_keys(change.row_key for change in changes if change.command == DELETE)
+    for table, keys in deleted.items():
+        reserve_keys(connection, models.get(table), keys)
     merged.add(plan, changes)
 
 

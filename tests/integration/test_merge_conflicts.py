@@ -32,15 +32,6 @@ pytestmark = pytest.mark.broker
 
 ORDERS = {"parent-first": False, "parent-last": True}
 
-KEY_REUSE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known defect: an integer key the server gave up (its row deleted) can be taken "
-        "again by another node's new row, and a child added offline under the deleted "
-        "row then lands under the new one; see docs/reliability.md, Known gaps"
-    ),
-)
-
 
 def server_rows(server_url: str) -> dict[str, list[object]]:
     engine = sa.create_engine(server_url)
@@ -355,7 +346,6 @@ def test_a_row_deleted_after_a_pull_brought_it_under_a_key_the_node_once_used_is
     assert table_rows(a.engine)["city"] == table_rows(b.engine)["city"] == []
 
 
-@KEY_REUSE
 def test_a_child_of_a_deleted_row_never_lands_under_another_nodes_row_that_took_its_key(
     make_node, worker, server_url
 ):
@@ -393,7 +383,6 @@ def test_a_child_of_a_deleted_row_never_lands_under_another_nodes_row_that_took_
     assert "a's" not in lines_under, rows
 
 
-@KEY_REUSE
 def test_a_key_deleted_before_a_node_pulled_is_not_taken_again_by_its_next_insert(
     make_node, worker, server_url
 ):

@@ -399,6 +399,48 @@ def test_insert_collision_moves_the_local_row_and_its_references(policy):
     assert (conflict.kind, conflict.new_key) == ("insert", 3)
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_local_insert_under_a_key_the_server_deleted_moves_like_a_collision(policy):
+    # Given a local city 1 and a person in it, and the server's delete of its own city 1
+    # (inserted and deleted by others while this node was away)
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, INSERT), local("person", 5, INSERT)],
+            remote=[remote("city", 1, DELETE)],
+            local_rows={("city", 1): city(1, "mine"), ("person", 5): person(5, 1)},
+            next_keys={"city": 2},
+        ),
+        policy,
+    )
+    # Then the local city moves to a fresh key with its person: key 1 named another row,
+    # which children elsewhere may still reference
+    (rekey,) = plan.rekeys
+    assert (rekey.table, rekey.old, rekey.new) == ("city", 1, 2)
+    assert plan.updates[("person", 5)] == person(5, 2)
+    assert ("city", 1) not in plan.inserts
+
+
+@pytest.mark.parametrize("command", [INSERT, DELETE])
+def test_a_row_the_merge_put_back_keeps_its_key_whatever_the_server_did_under_it(command):
+    # Given a local city 1 the merge put back (RESTORE), and the server's insert or delete
+    # under key 1: the same row, put back elsewhere too or deleted again
+    server_row = city(1, "server") if command == INSERT else None
+    plan = plan_merge(
+        SCHEMA,
+        MergeInput(
+            local=[local("city", 1, INSERT)],
+            remote=[remote("city", 1, command, server_row)],
+            local_rows={("city", 1): city(1, "mine")},
+            next_keys={"city": 2},
+            restored={("city", 1)},
+        ),
+        "node-wins",
+    )
+    # Then it does not move: moving it would make a second copy of the row
+    assert plan.rekeys == []
+
+
 def _family(name: str) -> dict[tuple[str, object], dict[str, object]]:
     """A city 1, a person 1 living there with a unique code, and the person's pet 1."""
     return {
