@@ -137,8 +137,16 @@ class ManagementApi:
         return consumers
 
     def connection_label(self, connection: str) -> str | None:
-        """The name a client gave its connection (``connection_name``), if any."""
-        answer = self.call("GET", f"/connections/{_quote(connection)}") or {}
+        """The name a client gave its connection (``connection_name``), if any.
+
+        A consumer whose channel is closing is listed without its connection's name:
+        ``/connections/`` would then be the list of every connection.
+        """
+        if not connection:
+            return None
+        answer = self.call("GET", f"/connections/{_quote(connection)}")
+        if not isinstance(answer, dict):
+            return None
         label = answer.get("user_provided_name") or (
             (answer.get("client_properties") or {}).get("connection_name")
         )
