@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -49,6 +49,8 @@ from dbsync_mq.transport.base import Message, Outgoing
 from dbsync_mq.transport.topology import is_direct_reply_address
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Disposition = Literal["ack", "dead-letter", "requeue"]
 StageHook = Callable[[str, str, str], None]
@@ -131,7 +133,7 @@ class Server:
             raise RequestRefused("node-disabled", f"node {node.node_id} is disabled")
         self.hooks.run("before_request", RequestContext(node, request))
 
-    def _settled(self, request: Request, serve: Callable[[], Outcome]) -> Outcome:
+    def _settled(self, request: Request, serve: Callable[[], T]) -> T | Outcome:
         """``serve()``, or the outcome of its refusal or failure."""
         try:
             return serve()

@@ -87,14 +87,7 @@ class GroupCommit:
             changes = decode_push(server.models, request, server.settings.max_message_bytes)
             return Ready(request, signed, node, changes, signing.body_digest(signed))
 
-        try:
-            return ready()
-        except RequestRefused as exc:
-            return server._refused(request, exc)
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:
-            return server._failed(request, exc)
+        return server._settled(request, ready)
 
     def _apply(self, group: Sequence[Ready]) -> list[Outcome]:
         server = self.server

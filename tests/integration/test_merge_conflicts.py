@@ -371,16 +371,10 @@ def test_a_child_of_a_deleted_row_never_lands_under_another_nodes_row_that_took_
         session.commit()
 
     # When node A syncs, then node C
-    a.sync()
-    c.sync()
-    sync_all(a, b, c)
-
     # Then C's line is not under A's purchase, and A's purchase is on every node
-    rows = converged(server_url, a, b, c)
-    purchases = {row[0]: row[1] for row in rows["purchase"]}
-    assert "a's" in purchases.values()
-    lines_under = [purchases.get(row[1]) for row in rows["purchase_line"]]
-    assert "a's" not in lines_under, rows
+    purchases, lines_under = _a_then_c_synced(server_url, a, b, c)
+    assert "a's" in purchases
+    assert "a's" not in lines_under
 
 
 def test_a_key_deleted_before_a_node_pulled_is_not_taken_again_by_its_next_insert(
@@ -409,13 +403,20 @@ def test_a_key_deleted_before_a_node_pulled_is_not_taken_again_by_its_next_inser
         session.commit()
 
     # When node A syncs, then node C
+    # Then C's line is not under A's purchase, and A's purchase is on every node
+    purchases, lines_under = _a_then_c_synced(server_url, a, b, c)
+    assert "a's" in purchases
+    assert "a's" not in lines_under
+
+
+def _a_then_c_synced(
+    server_url: str, a: SyncClient, b: SyncClient, c: SyncClient
+) -> tuple[list[str], list[str | None]]:
+    """Node A syncs, then node C, then all converge: the purchases' markers, and the
+    marker of the purchase each purchase line is under."""
     a.sync()
     c.sync()
     sync_all(a, b, c)
-
-    # Then C's line is not under A's purchase
     rows = converged(server_url, a, b, c)
     purchases = {row[0]: row[1] for row in rows["purchase"]}
-    assert "a's" in purchases.values()
-    lines_under = [purchases.get(row[1]) for row in rows["purchase_line"]]
-    assert "a's" not in lines_under, rows
+    return list(purchases.values()), [purchases.get(row[1]) for row in rows["purchase_line"]]
